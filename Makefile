@@ -1,0 +1,43 @@
+# Two commands for a new user: `make demo` and `make test`. Each bootstraps .venv from nothing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/galaxy-edge
+EDGE_STAMP := $(VENV)/.installed-edge
+ALL_STAMP := $(VENV)/.installed-all
+PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
+
+.PHONY: demo test lint venv venv-edge clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# The demo needs only the on-device runtime: no TensorFlow.
+$(EDGE_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP_INSTALL) -e ".[edge]"
+	touch $@
+
+$(ALL_STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP_INSTALL) -e ".[edge,train,dev]"
+	touch $@ $(EDGE_STAMP)
+
+venv-edge: $(EDGE_STAMP)
+venv: $(ALL_STAMP)
+
+DETECTOR := models/galaxy_detector_int8.tflite
+
+demo: $(EDGE_STAMP)
+	@if [ ! -f $(DETECTOR) ]; then \
+		echo "No detector is shipped yet in models/ ($(DETECTOR)): the demo needs the trained models."; \
+		exit 0; fi; \
+	$(CLI) run --source samples --out out/demo
+
+lint: $(ALL_STAMP)
+	$(PY) -m ruff check .
+
+test: $(ALL_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

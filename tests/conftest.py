@@ -1,0 +1,94 @@
+"""Shared fixtures: small images and labelImg files written by the tests themselves."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# labelImg 1.8 output for one image, byte for byte (tabs, no XML declaration).
+LABELIMG_XML = b"""<annotation verified="yes">
+\t<folder>frames</folder>
+\t<filename>frame_001.jpg</filename>
+\t<path>/home/user/frames/frame_001.jpg</path>
+\t<source>
+\t\t<database>Unknown</database>
+\t</source>
+\t<size>
+\t\t<width>64</width>
+\t\t<height>48</height>
+\t\t<depth>3</depth>
+\t</size>
+\t<segmented>0</segmented>
+\t<object>
+\t\t<name>galaxy</name>
+\t\t<pose>Unspecified</pose>
+\t\t<truncated>0</truncated>
+\t\t<difficult>0</difficult>
+\t\t<bndbox>
+\t\t\t<xmin>10</xmin>
+\t\t\t<ymin>12</ymin>
+\t\t\t<xmax>30</xmax>
+\t\t\t<ymax>40</ymax>
+\t\t</bndbox>
+\t</object>
+\t<object>
+\t\t<name>star</name>
+\t\t<pose>Unspecified</pose>
+\t\t<truncated>1</truncated>
+\t\t<difficult>1</difficult>
+\t\t<bndbox>
+\t\t\t<xmin>50</xmin>
+\t\t\t<ymin>1</ymin>
+\t\t\t<xmax>64</xmax>
+\t\t\t<ymax>9</ymax>
+\t\t</bndbox>
+\t</object>
+</annotation>
+"""
+
+
+def write_image(path: Path, width: int = 64, height: int = 48, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture
+def labelimg_dir(tmp_path: Path) -> Path:
+    """A clean labelImg folder: two images with XML beside them."""
+    folder = tmp_path / "frames"
+    write_image(folder / "frame_001.jpg")
+    (folder / "frame_001.xml").write_bytes(LABELIMG_XML)
+    write_image(folder / "frame_002.jpg", seed=1)
+    second = LABELIMG_XML.replace(b"frame_001", b"frame_002").replace(b"<xmin>10</xmin>", b"<xmin>5</xmin>")
+    (folder / "frame_002.xml").write_bytes(second)
+    return folder
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run `galaxy-edge ARGS` in process; returns (exit code, stdout, stderr)."""
+    from galaxy_edge.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+@pytest.fixture
+def python() -> str:
+    return sys.executable
