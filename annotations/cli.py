@@ -88,11 +88,14 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     )
     propose.add_argument("images", nargs="+", type=Path, help="image or FITS files, or folders of them")
     propose.add_argument("--out", type=Path, required=True)
-    propose.add_argument("--thresh", type=float, default=3.0, help="detection threshold in background sigma")
+    propose.add_argument("--thresh", type=float, default=2.5, help="detection threshold in background sigma")
     propose.add_argument("--minarea", type=int, default=5, help="minimum pixels above the threshold")
     propose.add_argument("--psf-fwhm", type=float, help="PSF FWHM in pixels (default: estimated per frame)")
     propose.add_argument("--stars", action="store_true", help="also write 'star' boxes for point sources")
     propose.add_argument("--label", default="galaxy", help="class name for extended sources")
+    propose.add_argument(
+        "--truth", type=Path, help="folder of truth labelImg XML (same names): print precision and recall"
+    )
     propose.set_defaults(handler=run_propose)
 
     draw = actions.add_parser(
@@ -188,7 +191,35 @@ def run_propose(args: argparse.Namespace) -> int:
         f"wrote {len(written)} draft(s) to {args.out}: {counts['galaxy']} {args.label} boxes{stars}; "
         "review them in labelImg before training"
     )
+    if args.truth:
+        _print_proposal_scores(written, args.truth, [args.label] + (["star"] if args.stars else []))
     return 0
+
+
+def _print_proposal_scores(drafts: list[Path], truth_dir: Path, labels: list[str]) -> None:
+    from annotations.score import Score, score_boxes
+    from annotations.voc import read_voc
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    matchers = (
+        ("centre match", {"centre_match": True, "iou_threshold": 1.01}),
+        ("IoU>=0.5", {"iou_threshold": 0.5}),
+    )
+    for label in labels:
+        for name, kwargs in matchers:
+            total = Score()
+            for draft in drafts:
+                truth_path = truth_dir / draft.name
+                if not truth_path.is_file():
+                    raise GalaxyEdgeError(f"{truth_path}: no truth annotation for {draft.name}")
+                proposals = [b for b in read_voc(draft).boxes if b.name == label]
+                truth = [b for b in read_voc(truth_path).boxes if b.name == label]
+                total += score_boxes(proposals, truth, **kwargs)
+            print(
+                f"{label} ({name}): recall {total.recall:.3f} ({total.true_positives} of "
+                f"{total.true_positives + total.missed} above the detection limit), "
+                f"precision {total.precision:.3f} ({total.false_positives} false positives)"
+            )
 
 
 def run_draw(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +26,13 @@ FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 
 @dataclass
 class ProposalSettings:
-    thresh_sigma: float = 3.0  # detection threshold in background RMS
+    thresh_sigma: float = 2.5  # detection threshold in background RMS
     minarea: int = 5  # pixels above threshold
     deblend_nthresh: int = 32
     deblend_cont: float = 0.005
     background_mesh: int = 64  # pixels per background cell
     kron_factor: float = 2.5
-    star_radius_ratio: float = 1.3  # half-light radius / PSF's below this: point source
+    star_radius_ratio: float = 1.2  # half-light radius / PSF's below this: point source
     psf_fwhm: float | None = None  # pixels; estimated from the frame when None
     saturation: float | None = None  # data value; 8-bit images saturate at 255
     min_box: int = 4  # pixels
@@ -139,6 +140,32 @@ def _clipped_core_radius(clipped: np.ndarray, objects: np.ndarray, which: np.nda
     return radius
 
 
+def stellar_locus(
+    flux: np.ndarray, radius: np.ndarray, snr: np.ndarray, roundness: np.ndarray, psf_radius: float
+) -> np.ndarray:
+    """The half-light radius of a point source at each source's flux.
+
+    Round sources are binned by log flux; in each bin the stellar locus is the 20th
+    percentile of their radii (stars are the most compact round objects at any
+    brightness), forced to grow with flux and never to fall below the PSF's radius.
+    """
+    good = np.isfinite(radius) & (radius > 0) & (flux > 0) & (snr > 5) & (roundness > 0.8)
+    if good.sum() < 20:
+        return np.full(len(flux), psf_radius)
+    log_flux = np.log10(np.maximum(flux, 1e-9))
+    edges = np.quantile(log_flux[good], np.linspace(0, 1, 9))
+    centres, levels = [], []
+    for low, high in pairwise(edges):
+        members = good & (log_flux >= low) & (log_flux <= high)
+        if members.sum() >= 5:
+            centres.append((low + high) / 2)
+            levels.append(np.percentile(radius[members], 20))
+    if not levels:
+        return np.full(len(flux), psf_radius)
+    levels = np.maximum.accumulate(np.maximum(levels, psf_radius))
+    return np.interp(log_flux, centres, levels)
+
+
 def extract_sources(
     data: np.ndarray,
     settings: ProposalSettings | None = None,
@@ -153,7 +180,8 @@ def extract_sources(
     height, width = data.shape
     sep.set_extract_pixstack(max(300_000, data.size // 2))
     sep.set_sub_object_limit(4096)
-    mesh = max(16, min(settings.background_mesh, min(height, width) // 2))
+    # The background mesh must be larger than the galaxies, or their light is taken for sky.
+    mesh = max(16, min(max(settings.background_mesh, min(height, width) // 6), min(height, width) // 2))
     background = sep.Background(data, bw=mesh, bh=mesh, fw=3, fh=3)
     subtracted = data - background.back()
     rms = max(float(background.globalrms), noise_floor, 1e-6)
@@ -201,13 +229,21 @@ def extract_sources(
     # A point source is as compact as the PSF. Clipping flattens a saturated star's core
     # and widens its measured profile, so a saturated source is a star when its light is
     # no more extended than its clipped core plus the PSF.
-    compact = radius < settings.star_radius_ratio * psf_radius + 0.3
+    # In stretched 8-bit frames a star's measured size grows with its brightness, so each
+    # source is compared with the stellar locus at its own flux, not with one PSF size.
+    locus = stellar_locus(flux, radius, snr, b / a, psf_radius)
+    compact = radius < settings.star_radius_ratio * locus + 0.3
     if saturated.any():
         core = (
             _clipped_core_radius(saturated_pixels, objects, saturated) if saturated_pixels is not None else 0
         )
         compact |= saturated & (radius < 1.3 * (core + psf_radius))
-    star = compact
+    # The PSF is round: a compact source that is clearly elongated is a small galaxy.
+    elongated = (b / a < 0.7) & (snr > 15)
+    star = compact & ~elongated
+    # Cosmic rays and hot pixels are sharper than any real source; spikes and bleed trails
+    # are lines. Neither is proposed.
+    artifact = (radius < 0.5 * psf_radius) | ((a / b > 6) & (b < 1.0))
 
     half_w, half_h = _ellipse_half_extent(
         settings.kron_factor * kron * a, settings.kron_factor * kron * b, theta
@@ -241,6 +277,7 @@ def extract_sources(
             kind="star" if star[i] else "galaxy",
         )
         for i in range(len(x))
+        if not artifact[i]
     ]
     return sources, psf_radius
 

@@ -18,6 +18,7 @@ from galaxy_edge.errors import GalaxyEdgeError
 # Stage modules that add verbs, in the order they appear in `galaxy-edge --help`.
 VERB_MODULES = (
     "annotations.cli",
+    "simulation.cli",
     "edge.cli",
 )
 
