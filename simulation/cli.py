@@ -78,6 +78,19 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     frames.add_argument("--out", type=Path, required=True, help="output folder")
     frames.set_defaults(handler=run_frames)
 
+    sheet = kinds.add_parser(
+        "sheet",
+        help="contact sheet: simulated stamps beside real GZ2 cutouts at the same scale",
+        formatter_class=formatter,
+        epilog="example:\n  galaxy-edge simulate sheet --scheme decals --out docs/sim_vs_real_decals.jpg",
+    )
+    sheet.add_argument("--scheme", choices=("decals", "sdss"), default="decals")
+    sheet.add_argument("--per-class", type=_positive, default=6)
+    sheet.add_argument("--seed", type=int, default=0)
+    sheet.add_argument("--gz2", type=Path, help="GZ2 folder (default ../shared/data/gz2_kaggle_1400)")
+    sheet.add_argument("--out", type=Path, required=True, help="PNG to write")
+    sheet.set_defaults(handler=run_sheet)
+
 
 def run_stamps(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -130,4 +143,13 @@ def run_frames(args: argparse.Namespace) -> int:
         f"wrote {args.n} frames with labelImg XML to {args.out} ({elapsed / args.n:.2f} s/frame), "
         f"truth in {truth}"
     )
+    return 0
+
+
+def run_sheet(args: argparse.Namespace) -> int:
+    from galaxy_edge.gz2 import DEFAULT_GZ2_DIR
+    from simulation.contact_sheet import contact_sheet
+
+    path = contact_sheet(args.out, args.scheme, args.per_class, args.seed, args.gz2 or DEFAULT_GZ2_DIR)
+    print(f"wrote {path}")
     return 0

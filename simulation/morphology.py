@@ -102,7 +102,7 @@ def spiral_arms(
     phi = np.arctan2(yy, xx)
     winding = np.log(np.maximum(radius, inner_radius * 0.5) / inner_radius) / np.tan(np.radians(pitch_deg))
     phase = arms * (phi - winding - start_angle)
-    sharpness = rng.uniform(2.0, 6.0)
+    sharpness = rng.uniform(1.5, 5.0)
     ridge = ((1 + np.cos(phase)) / 2) ** sharpness
     envelope = np.exp(-radius / scale_radius) * (1 - np.exp(-((radius / inner_radius) ** 3)))
     pattern = ridge * envelope
@@ -211,7 +211,7 @@ def spiral(rng: np.random.Generator, hlr: float, pitch_range: tuple[float, float
         arms = int(rng.choice([2, 2, 2, 3, 4]))
     scale_radius = hlr / 1.678
     bulge_fraction = rng.uniform(0.05, 0.35)
-    arm_fraction = rng.uniform(0.3, 0.6) * (1 - bulge_fraction)
+    arm_fraction = rng.uniform(0.15, 0.55) * (1 - bulge_fraction)
     bar_fraction = rng.uniform(0.12, 0.25) if barred else 0.0
     disk_fraction = 1 - bulge_fraction - arm_fraction - bar_fraction
     start = rng.uniform(0, 2 * np.pi)
@@ -262,11 +262,11 @@ def disturbed(rng: np.random.Generator, hlr: float) -> Galaxy:
         galsim.RandomKnots(
             int(rng.integers(8, 30)),
             half_light_radius=hlr * rng.uniform(0.8, 1.4),
-            flux=0.15,
+            flux=0.08,
             rng=galsim.BaseDeviate(int(rng.integers(1, 2**31))),
             gsparams=GSPARAMS,
         ),
-        galsim.Gaussian(sigma=hlr * rng.uniform(0.05, 0.12), gsparams=GSPARAMS),  # HII regions are resolved
+        galsim.Gaussian(sigma=hlr * rng.uniform(0.08, 0.18), gsparams=GSPARAMS),  # HII regions are resolved
     )
     components = [
         Component(main, _color(rng, YELLOW)),

@@ -53,7 +53,7 @@ def render_stamp(settings: StampSettings, index: int, label: int) -> tuple[np.nd
     class_name = get_scheme(settings.scheme).names[label]
     hlr = float(np.exp(rng.uniform(np.log(5.5), np.log(15.0)))) * unit
     galaxy = make_galaxy(settings.scheme, class_name, rng, hlr)
-    psf = seeing_psf(rng.uniform(1.6, 3.2) * unit)
+    psf = seeing_psf(rng.uniform(1.8, 3.6) * unit)
     linear = np.zeros((size, size, 3), np.float32)
     centre = size / 2 + rng.uniform(-0.5, 0.5, 2)
     draw_galaxy(linear, galaxy, psf, centre[0], centre[1], 1.0, stamp_size=size + (size % 2))
@@ -71,8 +71,8 @@ def render_stamp(settings: StampSettings, index: int, label: int) -> tuple[np.nd
     # A faint reddish sky pedestal, as SDSS colour cutouts have.
     linear += noise + (sky_sigma * rng.uniform(0.8, 2.0) * SKY_COLOR).astype(np.float32)
     # The stretch is chosen by how the result looks, as survey cutouts are: a core of
-    # 130-220 counts and sky noise of 2.5-5.5 counts.
-    stretch, q = lupton_parameters(centre_luminance, sky_sigma, rng.uniform(130, 220), rng.uniform(2.5, 5.5))
+    # 130-220 counts and sky noise of 3-7 counts.
+    stretch, q = lupton_parameters(centre_luminance, sky_sigma, rng.uniform(130, 220), rng.uniform(3.0, 7.0))
     image = to_uint8(linear, stretch=stretch, q=q)
     truth = {k: v for k, v in galaxy.truth.items() if np.isscalar(v)}
     truth.update({"index": index, "label": int(label), "psf_fwhm": float(psf.calculateFWHM())})
