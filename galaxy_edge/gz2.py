@@ -41,7 +41,7 @@ def load_gz2(root: Path | str = DEFAULT_GZ2_DIR, limit: int | None = None, size:
     root = Path(root)
     labels = root / "labels.csv"
     if not labels.is_file():
-        raise GalaxyEdgeError(f"{labels}: not found (the real GZ2 images live in ../shared/data/gz2_kaggle_1400)")
+        raise GalaxyEdgeError(f"{labels}: not found (the GZ2 images live in ../shared/data/gz2_kaggle_1400)")
     with labels.open() as f:
         rows = list(csv.DictReader(f))[:limit]
     images = np.zeros((len(rows), size, size, 3), np.uint8)

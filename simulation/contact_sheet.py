@@ -12,8 +12,13 @@ from galaxy_edge.schemes import get_scheme
 from simulation.stamps import StampSettings, render_stamp
 
 
-def contact_sheet(out: Path | str, scheme: str = "decals", per_class: int = 6, seed: int = 0,
-                  gz2_dir: Path | str = DEFAULT_GZ2_DIR) -> Path:
+def contact_sheet(
+    out: Path | str,
+    scheme: str = "decals",
+    per_class: int = 6,
+    seed: int = 0,
+    gz2_dir: Path | str = DEFAULT_GZ2_DIR,
+) -> Path:
     """Left: `per_class` simulated stamps for each class (one row each). Right: real GZ2
     cutouts (spirals on the spiral rows, the rest elsewhere), all 69x69 shown at 2x."""
     import matplotlib
@@ -28,8 +33,12 @@ def contact_sheet(out: Path | str, scheme: str = "decals", per_class: int = 6, s
     others = list(rng.permutation(np.flatnonzero(real.spiral == 0)))
     settings = StampSettings(scheme=scheme, seed=seed)
     rows = classes.num_classes
-    fig, axes = plt.subplots(rows, 2 * per_class + 1, figsize=(2 * per_class * 0.9 + 1, rows * 0.95),
-                             gridspec_kw={"wspace": 0.04, "hspace": 0.04})
+    fig, axes = plt.subplots(
+        rows,
+        2 * per_class + 1,
+        figsize=(2 * per_class * 0.9 + 1, rows * 0.95),
+        gridspec_kw={"wspace": 0.04, "hspace": 0.04},
+    )
     for r, name in enumerate(classes.names):
         pool = spirals if name in classes.spiral_classes else others
         for c in range(per_class):
