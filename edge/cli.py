@@ -1,17 +1,37 @@
-"""Runtime verbs: `galaxy-edge run ...`.
+"""Runtime verbs: `galaxy-edge run`, `detect`, `classify`.
 
 Only argparse here, and nothing from the training side; the handlers import the runtime
-when they run.
+(numpy, OpenCV and a TFLite interpreter) when they run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 DEFAULT_DETECTOR = MODELS_DIR / "galaxy_detector_int8.tflite"
 DEFAULT_CLASSIFIER = MODELS_DIR / "galaxy10_classifier_int8.tflite"
+
+
+def _probability(value: str) -> float:
+    number = float(value)
+    if not 0 <= number <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return number
+
+
+def _runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads", type=int, default=None, help="interpreter threads (default: the runtime's)"
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite"),
+        help="force a TFLite runtime",
+    )
 
 
 def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
@@ -24,20 +44,169 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         epilog="example:\n  galaxy-edge run --source samples --out out/demo\n"
         "  galaxy-edge run --source 0 --out out/night1 --show",
     )
-    run.add_argument("--source", required=True, help="camera index, video, image, folder, glob, FITS or URL")
+    run.add_argument(
+        "--source",
+        required=True,
+        help="camera index, video, image, folder, glob, FITS, rtsp/http URL or 'picamera2'",
+    )
     run.add_argument("--out", type=Path, required=True, help="output folder")
     run.add_argument("--detector", type=Path, default=DEFAULT_DETECTOR, help="detector .tflite")
     run.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="classifier .tflite")
-    run.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
     run.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    run.add_argument(
+        "--tiling",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="detect on overlapping tiles at native scale (auto: when the frame is much larger "
+        "than the detector input)",
+    )
+    run.add_argument(
+        "--score-threshold", type=_probability, help="detector threshold (default: the model card's)"
+    )
+    run.add_argument(
+        "--reject-threshold",
+        type=_probability,
+        default=0.4,
+        help="a galaxy whose top class probability is below this is reported 'uncertain'",
+    )
+    run.add_argument("--rotations", action="store_true", help="average the classifier over 8 rotations/flips")
+    run.add_argument("--video", action="store_true", help="write annotated frames as annotated.mp4")
+    run.add_argument("--no-annotate", action="store_true", help="do not write annotated frames")
+    run.add_argument("--save-crops", action="store_true", help="save each classified crop under crops/")
+    run.add_argument("--show", action="store_true", help="show a live window (needs OpenCV with a GUI)")
+    _runtime_options(run)
     run.set_defaults(handler=run_chain)
+
+    detect = verbs.add_parser(
+        "detect",
+        help="detect galaxies in images; --json gives one JSON object per image",
+        formatter_class=formatter,
+        epilog="example:\n  galaxy-edge detect samples/sdss_field_1045_301_2_129.jpg --json",
+    )
+    detect.add_argument("images", nargs="+", help="image files, folders or globs")
+    detect.add_argument("--model", type=Path, default=DEFAULT_DETECTOR, help="detector .tflite")
+    detect.add_argument("--json", action="store_true", help="one JSON object per line")
+    detect.add_argument("--tiling", choices=("auto", "on", "off"), default="auto")
+    detect.add_argument("--score-threshold", type=_probability, help="default: the model card's")
+    _runtime_options(detect)
+    detect.set_defaults(handler=run_detect)
+
+    classify = verbs.add_parser(
+        "classify",
+        help="classify galaxy cutouts (each image is one galaxy); --json gives one JSON object per image",
+        formatter_class=formatter,
+        epilog="example:\n  galaxy-edge classify samples/gz2_101756.jpg --json",
+    )
+    classify.add_argument("images", nargs="+", help="image files, folders or globs")
+    classify.add_argument("--model", type=Path, default=DEFAULT_CLASSIFIER, help="classifier .tflite")
+    classify.add_argument("--json", action="store_true", help="one JSON object per line")
+    classify.add_argument("--rotations", action="store_true", help="average over 8 rotations/flips")
+    _runtime_options(classify)
+    classify.set_defaults(handler=run_classify)
 
 
 def run_chain(args: argparse.Namespace) -> int:
-    from edge.interpreter import load_interpreter
-    from galaxy_edge.errors import GalaxyEdgeError
+    from edge.chain import Chain, ChainSettings, run
+    from edge.models import Classifier, Detector
+    from edge.sources import open_source
 
     # Models are loaded first so that a missing or corrupt file fails before any frame is read.
-    load_interpreter(args.detector, args.threads)
-    load_interpreter(args.classifier, args.threads)
-    raise GalaxyEdgeError("the frame chain is not built yet (edge issue); the models above load")
+    detector = Detector(args.detector, args.threads, args.runtime)
+    classifier = Classifier(args.classifier, args.threads, args.runtime)
+    settings = ChainSettings(
+        tiling=args.tiling,
+        score_threshold=args.score_threshold,
+        reject_threshold=args.reject_threshold,
+        rotations=args.rotations,
+        annotate=not args.no_annotate,
+        annotated_video=args.video,
+        save_crops=args.save_crops,
+        show=args.show,
+    )
+    source = open_source(args.source)
+    summary = run(Chain(detector, classifier, settings), source, args.out, args.max_frames)
+    for line in summary.lines():
+        print(line)
+    return 0
+
+
+def _unreadable(path: Path) -> None:
+    print(f"warning: skipped {path}: unreadable or not an image", file=sys.stderr)
+
+
+def run_detect(args: argparse.Namespace) -> int:
+    import cv2
+
+    from edge.chain import Chain, ChainSettings
+    from edge.models import Detector
+    from edge.sources import image_inputs
+
+    detector = Detector(args.model, args.threads, args.runtime)
+    chain = Chain(detector, None, ChainSettings(tiling=args.tiling, score_threshold=args.score_threshold))
+    skipped = 0
+    paths = image_inputs(args.images)
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            _unreadable(path)
+            skipped += 1
+            continue
+        found = chain.detect(image)
+        detections = [
+            {
+                "box": [round(float(v), 1) for v in box],
+                "score": round(float(score), 4),
+                "label": detector.labels[int(class_id)],
+            }
+            for box, score, class_id in zip(found.boxes, found.scores, found.class_ids, strict=True)
+        ]
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "image": str(path),
+                        "width": image.shape[1],
+                        "height": image.shape[0],
+                        "detections": detections,
+                    }
+                )
+            )
+        else:
+            print(f"{path}: {len(detections)} detections")
+            for d in detections:
+                print(f"  {d['label']} {d['score']:.2f} at {d['box']}")
+    return 1 if skipped == len(paths) else 0
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    import cv2
+
+    from edge.models import Classifier
+    from edge.sources import image_inputs
+
+    classifier = Classifier(args.model, args.threads, args.runtime)
+    skipped = 0
+    paths = image_inputs(args.images)
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            _unreadable(path)
+            skipped += 1
+            continue
+        probabilities = classifier.classify([image], rotations=args.rotations)[0]
+        best = int(probabilities.argmax())
+        probs = {n: round(float(p), 4) for n, p in zip(classifier.labels, probabilities, strict=True)}
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "image": str(path),
+                        "label": classifier.labels[best],
+                        "score": round(float(probabilities[best]), 4),
+                        "probs": probs,
+                    }
+                )
+            )
+        else:
+            print(f"{path}: {classifier.labels[best]} {probabilities[best]:.2f}")
+    return 1 if skipped == len(paths) else 0

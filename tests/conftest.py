@@ -92,3 +92,23 @@ def run_cli(capsys):
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny int8 detector (bright blobs) and classifier (dominant colour) with model cards."""
+    pytest.importorskip("tensorflow")
+    from tests.tiny_models import build_classifier, build_detector
+
+    folder = tmp_path_factory.mktemp("tiny_models")
+    return {"detector": build_detector(folder), "classifier": build_classifier(folder)}
+
+
+def blob_frame(
+    width: int, height: int, blobs: list[tuple[int, int, tuple[int, int, int]]], size: int = 8
+) -> np.ndarray:
+    """A black BGR frame with size x size squares of the given BGR colours at (x, y) top-left."""
+    frame = np.zeros((height, width, 3), np.uint8)
+    for x, y, color in blobs:
+        frame[y : y + size, x : x + size] = color
+    return frame

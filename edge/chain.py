@@ -1,0 +1,308 @@
+"""The real-time chain: frame -> detect (whole frame or tiles) -> square crops -> classify
+(batched, optional rotations, reject option) -> track and vote -> sinks, with per-stage
+latency."""
+
+from __future__ import annotations
+
+import datetime as dt
+import signal
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.models import Classifier, Detections, Detector
+from edge.sinks import UNCERTAIN, AnnotatedSink, CatalogSink, JsonlSink, LiveWindow, annotate, track_label
+from edge.sources import Frame, FrameSource
+from edge.tiling import detect_tiled, needs_tiling
+from edge.tracking import IouTracker, Track
+
+STAGES = ("capture", "detect", "crop", "classify", "track", "annotate", "write")
+
+
+@dataclass
+class ChainSettings:
+    tiling: str = "auto"  # auto: tile frames much larger than the detector input; on; off
+    crop_scale: float = (
+        1.5  # crop side over the box's longer side (classifier stamps show sky around the galaxy)
+    )
+    rotations: bool = False  # average the classifier over the 8 rotations and flips
+    reject_threshold: float = 0.4  # top probability under this: "uncertain"
+    score_threshold: float | None = None  # detector threshold (default: the model card's)
+    reclassify_every: int = 30
+    annotate: bool = True
+    annotated_video: bool = False
+    save_crops: bool = False
+    show: bool = False
+
+
+@dataclass
+class StageTimer:
+    samples: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.samples[stage].append(seconds * 1000)
+
+    def percentiles(self, stage: str) -> dict[str, float]:
+        values = np.asarray(self.samples.get(stage, []), np.float64)
+        if values.size == 0:
+            return {"p50_ms": 0.0, "p90_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0}
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        return {
+            "p50_ms": float(p50),
+            "p90_ms": float(p90),
+            "p99_ms": float(p99),
+            "mean_ms": float(values.mean()),
+        }
+
+
+@dataclass
+class FrameResult:
+    frame: Frame
+    detections: Detections
+    tracks: list[Track]
+    labels: list[str]
+    confidences: list[float]
+    latency_ms: dict[str, float]
+
+
+def square_crop(image: np.ndarray, box: np.ndarray, scale: float) -> np.ndarray:
+    """A square crop centred on the box, `scale` times its longer side, padded with black
+    where it leaves the frame (galaxies at the edge keep their place in the crop)."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    side = max(x2 - x1, y2 - y1, 4.0) * scale
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left, top = round(cx - side / 2), round(cy - side / 2)
+    size = max(round(side), 4)
+    height, width = image.shape[:2]
+    crop = image[max(top, 0) : min(top + size, height), max(left, 0) : min(left + size, width)]
+    pad = (max(-top, 0), max(top + size - height, 0), max(-left, 0), max(left + size - width, 0))
+    if any(pad):
+        crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    return crop
+
+
+class Chain:
+    def __init__(
+        self, detector: Detector, classifier: Classifier | None, settings: ChainSettings | None = None
+    ):
+        self.detector = detector
+        self.classifier = classifier
+        self.settings = settings or ChainSettings()
+        if self.settings.score_threshold is not None:
+            detector.score_threshold = self.settings.score_threshold
+        self.tracker = IouTracker(reclassify_every=self.settings.reclassify_every)
+        self.timer = StageTimer()
+        self.class_labels = classifier.labels if classifier else []
+
+    def detect(self, image: np.ndarray) -> Detections:
+        tile = self.settings.tiling == "on" or (
+            self.settings.tiling == "auto" and needs_tiling(self.detector, image.shape)
+        )
+        return detect_tiled(self.detector, image) if tile else self.detector.detect_image(image)
+
+    def process(self, frame: Frame, capture_ms: float = 0.0) -> FrameResult:
+        latency = {"capture": capture_ms}
+        started = time.perf_counter()
+        detections = self.detect(frame.image)
+        latency["detect"] = _lap(started)
+
+        started = time.perf_counter()
+        tracks = self.tracker.update(detections.boxes, detections.scores, frame.index)
+        latency["track"] = _lap(started)
+
+        started = time.perf_counter()
+        todo = [
+            i
+            for i, t in enumerate(tracks)
+            if self.classifier and self.tracker.needs_classification(t, frame.index)
+        ]
+        crops = [square_crop(frame.image, detections.boxes[i], self.settings.crop_scale) for i in todo]
+        latency["crop"] = _lap(started)
+
+        started = time.perf_counter()
+        if crops:
+            probabilities = self.classifier.classify(crops, rotations=self.settings.rotations)
+            for i, p in zip(todo, probabilities, strict=True):
+                tracks[i].add_classification(p, frame.index)
+        latency["classify"] = _lap(started)
+
+        labels, confidences = [], []
+        for track in tracks:
+            label, confidence = track_label(track, self.class_labels, self.settings.reject_threshold)
+            labels.append(label if self.classifier else self.detector.labels[0])
+            confidences.append(confidence)
+        return FrameResult(frame, detections, tracks, labels, confidences, latency)
+
+
+def _lap(started: float) -> float:
+    return (time.perf_counter() - started) * 1000
+
+
+@dataclass
+class RunSummary:
+    frames: int
+    galaxies: int
+    skipped: int
+    dropped: int
+    reconnects: int
+    stages: dict[str, dict[str, float]]
+    fps: float
+    frame_age_ms: dict[str, float]
+    out: Path
+
+    def lines(self) -> list[str]:
+        lines = [
+            f"{self.frames} frames, {self.galaxies} galaxies (unique tracks), {self.dropped} dropped frames, "
+            f"{self.skipped} unreadable frames skipped, {self.fps:.1f} frames/s, "
+            f"frame age p50 {self.frame_age_ms['p50_ms']:.1f} ms p90 {self.frame_age_ms['p90_ms']:.1f} ms",
+            "latency per stage (ms):   p50     p90",
+        ]
+        for stage in STAGES:
+            if stage in self.stages:
+                lines.append(
+                    f"  {stage:<20} {self.stages[stage]['p50_ms']:7.2f} {self.stages[stage]['p90_ms']:7.2f}"
+                )
+        lines.append(f"results in {self.out}: detections.jsonl, catalog.csv, annotated/")
+        return lines
+
+
+class _TerminatedError(Exception):
+    pass
+
+
+def _on_sigterm(signum, _frame) -> None:
+    raise _TerminatedError()
+
+
+def run(chain: Chain, source: FrameSource, out: Path, max_frames: int | None = None) -> RunSummary:
+    """Run the chain over a source, writing every frame's results as it goes."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings = chain.settings
+    jsonl = JsonlSink(out / "detections.jsonl")
+    catalog = CatalogSink(out / "catalog.csv")
+    annotated = AnnotatedSink(out / ("annotated.mp4" if settings.annotated_video else "annotated"))
+    window = LiveWindow() if settings.show else None
+    crops_dir = out / "crops"
+    palette = _palette(chain)
+    ages: list[float] = []
+    frames = 0
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    started = time.perf_counter()
+    iterator = iter(source)
+    try:
+        while max_frames is None or frames < max_frames:
+            fetch = time.perf_counter()
+            try:
+                frame = next(iterator)
+            except StopIteration:
+                break
+            result = chain.process(frame, capture_ms=_lap(fetch))
+            timer = chain.timer
+            for stage, ms in result.latency_ms.items():
+                timer.add(stage, ms / 1000)
+
+            tick = time.perf_counter()
+            image = None
+            if settings.annotate or window:
+                captions = [
+                    f"{t.track_id} {label} {conf:.2f}" if label != UNCERTAIN else f"{t.track_id} ?"
+                    for t, label, conf in zip(result.tracks, result.labels, result.confidences, strict=True)
+                ]
+                image = annotate(frame.image, result.detections.boxes, captions, result.labels, palette)
+            timer.add("annotate", time.perf_counter() - tick)
+
+            tick = time.perf_counter()
+            for track in result.tracks:
+                catalog.note(track, frame)
+            jsonl.write(_record(frame, result, chain))
+            if settings.annotate and image is not None:
+                annotated.write(frame, image)
+            if settings.save_crops:
+                _save_crops(crops_dir, frame, result, settings.crop_scale)
+            if frames % 30 == 0:
+                catalog.write(chain.tracker.all_tracks(), chain.class_labels, settings.reject_threshold)
+            timer.add("write", time.perf_counter() - tick)
+            ages.append((time.perf_counter() - frame.captured) * 1000)
+            frames += 1
+            if window is not None and image is not None and not window.show(image):
+                break
+    except (KeyboardInterrupt, _TerminatedError):
+        print("interrupted: writing what was produced", file=sys.stderr)
+    finally:
+        elapsed = time.perf_counter() - started
+        catalog.write(chain.tracker.all_tracks(), chain.class_labels, settings.reject_threshold)
+        jsonl.close()
+        annotated.close()
+        source.close()
+        if window is not None:
+            window.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    age = np.asarray(ages) if ages else np.zeros(1)
+    return RunSummary(
+        frames=frames,
+        galaxies=len(chain.tracker.all_tracks()),
+        skipped=source.stats.skipped,
+        dropped=source.stats.dropped,
+        reconnects=source.stats.reconnects,
+        stages={stage: chain.timer.percentiles(stage) for stage in STAGES if stage in chain.timer.samples},
+        fps=frames / elapsed if elapsed > 0 else 0.0,
+        frame_age_ms={"p50_ms": float(np.percentile(age, 50)), "p90_ms": float(np.percentile(age, 90))},
+        out=out,
+    )
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _palette(chain: Chain) -> dict[str, tuple[int, int, int]]:
+    palette = {UNCERTAIN: (160, 160, 160)}
+    colors = chain.classifier.card.raw.get("colors_rgb") if chain.classifier else None
+    if colors:
+        for name, (r, g, b) in zip(chain.class_labels, colors, strict=False):
+            palette[name] = (b, g, r)
+    return palette
+
+
+def _record(frame: Frame, result: FrameResult, chain: Chain) -> dict:
+    height, width = frame.image.shape[:2]
+    detections = []
+    for i, track in enumerate(result.tracks):
+        entry = {
+            "box": [round(float(v), 1) for v in result.detections.boxes[i]],
+            "score": round(float(result.detections.scores[i]), 4),
+            "label": result.labels[i],
+            "confidence": round(result.confidences[i], 4),
+            "track_id": track.track_id,
+        }
+        probabilities = track.probabilities
+        if probabilities is not None:
+            entry["probs"] = {
+                n: round(float(p), 4) for n, p in zip(chain.class_labels, probabilities, strict=True)
+            }
+        detections.append(entry)
+    return {
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        "frame": frame.index,
+        "source": frame.source,
+        "width": width,
+        "height": height,
+        "detections": detections,
+        "latency_ms": {k: round(v, 2) for k, v in result.latency_ms.items()},
+    }
+
+
+def _save_crops(folder: Path, frame: Frame, result: FrameResult, scale: float) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, track in enumerate(result.tracks):
+        if track.last_classified_frame == frame.index:
+            crop = square_crop(frame.image, result.detections.boxes[i], scale)
+            cv2.imwrite(str(folder / f"track{track.track_id:05d}_frame{frame.index:06d}.png"), crop)

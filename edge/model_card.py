@@ -1,0 +1,116 @@
+"""The JSON model card beside every .tflite: what the runtime needs to use the model.
+
+The edge runtime reads only the card and the .tflite. Written by export/; the fields the
+runtime uses are:
+
+    {
+      "format_version": 1,
+      "task": "classifier" | "detector",
+      "labels": ["galaxy"],
+      "input": {"color_order": "RGB", "mean": [0, 0, 0], "std": [1, 1, 1], "resize": "stretch"},
+      "decoding": {                                   # detectors only
+        "type": "ssd" | "tflite_detection_postprocess",
+        "anchors_center_yxhw": [[cy, cx, h, w], ...], # normalised to the input, for "ssd"
+        "box_variance": [0.1, 0.1, 0.2, 0.2],
+        "score_activation": "sigmoid",
+        "score_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 200,
+        "outputs": {"boxes": 0, "scores": 1}          # output tensor order
+      },
+      "quantization": {"step": 0.0039}                # output score quantization step, for parity checks
+    }
+
+Everything else in the card (training data, metrics, hashes, dates) is for people.
+The model's float input is (pixel - mean) / std with pixels 0-255 in `color_order`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from galaxy_edge.errors import GalaxyEdgeError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Decoding:
+    type: str = "ssd"
+    anchors_center_yxhw: list[list[float]] = field(default_factory=list)
+    box_variance: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    score_activation: str = "sigmoid"
+    score_threshold: float = 0.3
+    iou_threshold: float = 0.5
+    max_detections: int = 200
+    outputs: dict[str, int] = field(default_factory=lambda: {"boxes": 0, "scores": 1})
+
+
+@dataclass
+class ModelCard:
+    path: Path
+    task: str
+    labels: list[str]
+    color_order: str = "RGB"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    resize: str = "stretch"
+    decoding: Decoding | None = None
+    score_step: float | None = None
+    raw: dict = field(default_factory=dict)
+
+
+def card_path(model_path: Path | str) -> Path:
+    model_path = Path(model_path)
+    name = model_path.name
+    for suffix in ("_edgetpu.tflite", ".tflite"):
+        if name.endswith(suffix):
+            # An Edge TPU compilation shares the card of the model it was compiled from.
+            return model_path.with_name(name[: -len(suffix)] + ".json")
+    return model_path.with_suffix(".json")
+
+
+def read_model_card(model_path: Path | str) -> ModelCard:
+    """The card beside a model; a missing or malformed card names its path."""
+    path = card_path(model_path)
+    if not path.is_file():
+        raise GalaxyEdgeError(f"model card not found: {path} (every .tflite needs its JSON card beside it)")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise GalaxyEdgeError(f"{path}: model card unreadable ({error})") from None
+    try:
+        task = raw["task"]
+        labels = list(raw["labels"])
+        model_input = raw.get("input", {})
+        decoding = None
+        if task == "detector":
+            spec = raw["decoding"]
+            decoding = Decoding(
+                type=spec.get("type", "ssd"),
+                anchors_center_yxhw=spec.get("anchors_center_yxhw", []),
+                box_variance=tuple(spec.get("box_variance", (0.1, 0.1, 0.2, 0.2))),
+                score_activation=spec.get("score_activation", "sigmoid"),
+                score_threshold=float(spec.get("score_threshold", 0.3)),
+                iou_threshold=float(spec.get("iou_threshold", 0.5)),
+                max_detections=int(spec.get("max_detections", 200)),
+                outputs=dict(spec.get("outputs", {"boxes": 0, "scores": 1})),
+            )
+            if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
+                raise KeyError("decoding.anchors_center_yxhw")
+        elif task != "classifier":
+            raise KeyError(f"task (got {task!r}, expected classifier or detector)")
+        return ModelCard(
+            path=path,
+            task=task,
+            labels=labels,
+            color_order=model_input.get("color_order", "RGB"),
+            mean=tuple(model_input.get("mean", (0.0, 0.0, 0.0))),
+            std=tuple(model_input.get("std", (1.0, 1.0, 1.0))),
+            resize=model_input.get("resize", "stretch"),
+            decoding=decoding,
+            score_step=raw.get("quantization", {}).get("step"),
+            raw=raw,
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise GalaxyEdgeError(f"{path}: model card is missing or has a bad field: {error}") from None

@@ -1,0 +1,230 @@
+"""The two models of the chain, as the runtime uses them: preprocessing from OpenCV's BGR
+frames to the model's input (quantized through a lookup table), invoke, dequantize, decode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.interpreter import ModelError, load_interpreter
+from edge.model_card import ModelCard, read_model_card
+
+
+class TFLiteModel:
+    """A .tflite model with its card: one input image tensor, dequantized float outputs."""
+
+    def __init__(self, path: Path | str, threads: int | None = None, runtime: str | None = None) -> None:
+        self.path = Path(path)
+        self.interpreter = load_interpreter(self.path, threads, runtime)
+        self.card: ModelCard = read_model_card(self.path)
+        details = self.interpreter.get_input_details()
+        if len(details) != 1 or len(details[0]["shape"]) != 4 or details[0]["shape"][3] != 3:
+            raise ModelError(f"{self.path}: expected one (1, H, W, 3) image input, found {details}")
+        self.input = details[0]
+        self.outputs = self.interpreter.get_output_details()
+        self.height, self.width = int(self.input["shape"][1]), int(self.input["shape"][2])
+        self.input_lut = self._input_lookup_table()
+
+    def _input_lookup_table(self) -> np.ndarray:
+        """(3, 256) table from an 8-bit pixel value to the model's input value, one row per
+        model input channel: normalisation and quantization folded into one gather per pixel."""
+        pixels = np.arange(256, dtype=np.float64)
+        mean, std = np.asarray(self.card.mean, np.float64), np.asarray(self.card.std, np.float64)
+        values = (pixels[None, :] - mean[:, None]) / std[:, None]
+        dtype = self.input["dtype"]
+        scale, zero_point = self.input["quantization"]
+        if np.issubdtype(dtype, np.integer) and scale:
+            info = np.iinfo(dtype)
+            values = np.clip(np.round(values / scale + zero_point), info.min, info.max)
+        return values.astype(dtype)
+
+    def preprocess(self, image_bgr: np.ndarray) -> np.ndarray:
+        """(1, H, W, 3) input tensor from an 8-bit BGR image of any size."""
+        if image_bgr.shape[:2] != (self.height, self.width):
+            shrinking = image_bgr.shape[0] > self.height or image_bgr.shape[1] > self.width
+            image_bgr = cv2.resize(
+                image_bgr,
+                (self.width, self.height),
+                interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
+            )
+        # Model channel m reads frame channel source[m] (frames are BGR, as OpenCV gives them).
+        source = (2, 1, 0) if self.card.color_order.upper() == "RGB" else (0, 1, 2)
+        tensor = np.empty((1, self.height, self.width, 3), self.input_lut.dtype)
+        for model_channel, frame_channel in enumerate(source):
+            tensor[0, ..., model_channel] = self.input_lut[model_channel][image_bgr[..., frame_channel]]
+        return tensor
+
+    def invoke(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Run the model on an input tensor; float32 outputs in output-detail order."""
+        self.interpreter.set_tensor(self.input["index"], tensor)
+        self.interpreter.invoke()
+        results = []
+        for detail in self.outputs:
+            value = self.interpreter.get_tensor(detail["index"])
+            scale, zero_point = detail["quantization"]
+            if np.issubdtype(value.dtype, np.integer) and scale:
+                value = (value.astype(np.float32) - zero_point) * scale
+            results.append(value.astype(np.float32, copy=False))
+        return results
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def dihedral_views(image: np.ndarray) -> list[np.ndarray]:
+    """The 8 rotations and flips of a square image (a galaxy has no preferred orientation)."""
+    views = []
+    for flipped in (image, image[:, ::-1]):
+        for turns in range(4):
+            views.append(np.ascontiguousarray(np.rot90(flipped, turns)))
+    return views
+
+
+class Classifier(TFLiteModel):
+    """Galaxy10 classifier: class probabilities for galaxy crops."""
+
+    def __init__(self, path: Path | str, threads: int | None = None, runtime: str | None = None) -> None:
+        super().__init__(path, threads, runtime)
+        if self.card.task != "classifier":
+            raise ModelError(f"{self.path}: model card says task '{self.card.task}', expected classifier")
+        self.labels = self.card.labels
+        self.outputs_logits = self.card.raw.get("output", "probabilities") == "logits"
+
+    def classify(self, crops_bgr: list[np.ndarray], rotations: bool = False) -> np.ndarray:
+        """(N, classes) probabilities; with rotations, the mean over the 8 dihedral views."""
+        probabilities = np.zeros((len(crops_bgr), len(self.labels)), np.float32)
+        for i, crop in enumerate(crops_bgr):
+            tensor = self.preprocess(crop)
+            views = dihedral_views(tensor[0]) if rotations else [tensor[0]]
+            total = np.zeros(len(self.labels), np.float32)
+            for view in views:
+                output = self.invoke(view[None])[0].reshape(-1)
+                total += _softmax(output) if self.outputs_logits else output
+            probabilities[i] = total / len(views)
+        return probabilities
+
+
+@dataclass
+class Detections:
+    boxes: np.ndarray  # (N, 4) x1, y1, x2, y2 in frame pixels
+    scores: np.ndarray  # (N,)
+    class_ids: np.ndarray  # (N,) int
+
+    @staticmethod
+    def empty() -> Detections:
+        return Detections(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def select(self, keep: np.ndarray) -> Detections:
+        return Detections(self.boxes[keep], self.scores[keep], self.class_ids[keep])
+
+    @staticmethod
+    def concatenate(parts: list[Detections]) -> Detections:
+        if not parts:
+            return Detections.empty()
+        return Detections(
+            np.concatenate([p.boxes for p in parts]).astype(np.float32),
+            np.concatenate([p.scores for p in parts]).astype(np.float32),
+            np.concatenate([p.class_ids for p in parts]).astype(np.int32),
+        )
+
+
+def non_max_suppression(detections: Detections, iou_threshold: float) -> Detections:
+    """Per-class NMS with OpenCV (no top_k: it would cap candidates before suppression)."""
+    if len(detections) == 0:
+        return detections
+    keep_all = []
+    for class_id in np.unique(detections.class_ids):
+        members = np.flatnonzero(detections.class_ids == class_id)
+        boxes = detections.boxes[members]
+        xywh = np.column_stack(
+            [boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]]
+        )
+        keep = cv2.dnn.NMSBoxes(xywh.tolist(), detections.scores[members].tolist(), 0.0, iou_threshold)
+        keep_all.extend(members[np.asarray(keep, dtype=np.int64).reshape(-1)])
+    keep_all = np.array(sorted(keep_all, key=lambda i: -detections.scores[i]), dtype=np.int64)
+    return detections.select(keep_all)
+
+
+class Detector(TFLiteModel):
+    """SSD detector with raw box and class heads decoded here (numpy), or the in-graph
+    TFLite_Detection_PostProcess variant."""
+
+    def __init__(self, path: Path | str, threads: int | None = None, runtime: str | None = None) -> None:
+        super().__init__(path, threads, runtime)
+        if self.card.task != "detector" or self.card.decoding is None:
+            raise ModelError(f"{self.path}: model card says task '{self.card.task}', expected detector")
+        self.decoding = self.card.decoding
+        self.labels = self.card.labels
+        self.score_threshold = self.decoding.score_threshold
+        self.iou_threshold = self.decoding.iou_threshold
+        if self.decoding.type == "ssd":
+            anchors = np.asarray(self.decoding.anchors_center_yxhw, np.float32)
+            if anchors.ndim != 2 or anchors.shape[1] != 4:
+                raise ModelError(f"{self.card.path}: anchors must be a list of [cy, cx, h, w]")
+            self.anchors = anchors
+            boxes_shape = self.outputs[self.decoding.outputs["boxes"]]["shape"]
+            if int(np.prod(boxes_shape)) != anchors.size:
+                raise ModelError(
+                    f"{self.path}: box output {list(boxes_shape)} does not match "
+                    f"the card's {len(anchors)} anchors"
+                )
+
+    def detect_image(self, image_bgr: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)) -> Detections:
+        """Detections in one image (resized to the input), in that image's pixels plus offset."""
+        height, width = image_bgr.shape[:2]
+        outputs = self.invoke(self.preprocess(image_bgr))
+        if self.decoding.type == "tflite_detection_postprocess":
+            detections = self._decode_postprocessed(outputs)
+        else:
+            detections = self._decode_ssd(outputs)
+        if len(detections):
+            detections.boxes *= np.array([width, height, width, height], np.float32)
+            detections.boxes += np.array([offset[0], offset[1], offset[0], offset[1]], np.float32)
+        return detections
+
+    def _decode_ssd(self, outputs: list[np.ndarray]) -> Detections:
+        deltas = outputs[self.decoding.outputs["boxes"]].reshape(-1, 4)
+        scores = outputs[self.decoding.outputs["scores"]].reshape(len(deltas), -1)
+        if self.decoding.score_activation == "sigmoid":
+            candidates_scores = scores.max(axis=1)
+            # Compare logits with the threshold's logit: the sigmoid is then computed only
+            # for the few candidates, not for every anchor.
+            threshold = np.log(self.score_threshold / (1 - self.score_threshold))
+            candidates = np.flatnonzero(candidates_scores >= threshold)
+            probabilities = 1 / (1 + np.exp(-scores[candidates]))
+        else:  # softmax with background in column 0
+            probabilities_all = _softmax(scores)[:, 1:]
+            candidates = np.flatnonzero(probabilities_all.max(axis=1) >= self.score_threshold)
+            probabilities = probabilities_all[candidates]
+        if len(candidates) == 0:
+            return Detections.empty()
+        anchors = self.anchors[candidates]
+        variance = np.asarray(self.decoding.box_variance, np.float32)
+        d = deltas[candidates] * variance
+        cy = d[:, 0] * anchors[:, 2] + anchors[:, 0]
+        cx = d[:, 1] * anchors[:, 3] + anchors[:, 1]
+        h = np.exp(np.clip(d[:, 2], -10, 10)) * anchors[:, 2]
+        w = np.exp(np.clip(d[:, 3], -10, 10)) * anchors[:, 3]
+        boxes = np.column_stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2]).clip(0, 1)
+        class_ids = probabilities.argmax(axis=1)
+        best = probabilities[np.arange(len(candidates)), class_ids]
+        detections = Detections(boxes.astype(np.float32), best.astype(np.float32), class_ids.astype(np.int32))
+        detections = non_max_suppression(detections, self.iou_threshold)
+        return detections.select(np.arange(min(len(detections), self.decoding.max_detections)))
+
+    def _decode_postprocessed(self, outputs: list[np.ndarray]) -> Detections:
+        # TFLite_Detection_PostProcess: boxes (1, N, 4) as ymin, xmin, ymax, xmax; classes; scores; count.
+        boxes, classes, scores, count = (o.reshape(-1) if i else o for i, o in enumerate(outputs))
+        n = int(count[0])
+        keep = np.flatnonzero(scores[:n] >= self.score_threshold)
+        yx = boxes.reshape(-1, 4)[keep]
+        return Detections(yx[:, [1, 0, 3, 2]].clip(0, 1), scores[keep], classes[keep].astype(np.int32))

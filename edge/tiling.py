@@ -1,0 +1,104 @@
+"""Detection over overlapping tiles at native scale, for frames much larger than the detector
+input, and merging the tiles' boxes into one set."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge.models import Detections, Detector, non_max_suppression
+
+EDGE_MARGIN = 2.0  # pixels: a box this close to an inner tile border was cut by it
+
+
+def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
+    """Start positions covering [0, length) with tiles of `tile` overlapping by at least `overlap`."""
+    if length <= tile:
+        return [0]
+    count = int(np.ceil((length - overlap) / (tile - overlap)))
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def _intersection_over_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) intersection area over the smaller box's area."""
+    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return ix * iy / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-6)
+
+
+def merge_tiles(parts: list[tuple[Detections, np.ndarray]], iou_threshold: float) -> Detections:
+    """Merge per-tile detections; each part comes with a (N,) bool 'cut by an inner tile border'.
+
+    A cut box that lies mostly inside an uncut one (another tile saw the whole object) is
+    dropped; cut boxes of the same class that overlap across a border are fused into their
+    union (an object larger than the overlap); then ordinary NMS removes duplicates.
+    """
+    detections = Detections.concatenate([d for d, _ in parts])
+    if len(detections) == 0:
+        return detections
+    cut = np.concatenate([c for _, c in parts])
+    whole = np.flatnonzero(~cut)
+    keep = np.ones(len(detections), bool)
+    cut_index = np.flatnonzero(cut)
+    if len(cut_index) and len(whole):
+        covered = _intersection_over_smaller(detections.boxes[cut_index], detections.boxes[whole])
+        same_class = detections.class_ids[cut_index][:, None] == detections.class_ids[whole][None, :]
+        keep[cut_index[((covered >= 0.6) & same_class).any(axis=1)]] = False
+    pieces = [i for i in cut_index if keep[i]]
+    boxes, scores = detections.boxes.copy(), detections.scores.copy()
+    merged = True
+    while merged:  # fuse overlapping pieces until none overlap (objects spanning many tiles)
+        merged = False
+        for a_pos, a in enumerate(pieces):
+            for b in pieces[a_pos + 1 :]:
+                if detections.class_ids[a] != detections.class_ids[b]:
+                    continue
+                if _intersection_over_smaller(boxes[[a]], boxes[[b]])[0, 0] > 0.05:
+                    boxes[a] = [
+                        min(boxes[a, 0], boxes[b, 0]),
+                        min(boxes[a, 1], boxes[b, 1]),
+                        max(boxes[a, 2], boxes[b, 2]),
+                        max(boxes[a, 3], boxes[b, 3]),
+                    ]
+                    scores[a] = max(scores[a], scores[b])
+                    keep[b] = False
+                    pieces.remove(b)
+                    merged = True
+                    break
+            if merged:
+                break
+    fused = Detections(boxes, scores, detections.class_ids).select(np.flatnonzero(keep))
+    return non_max_suppression(fused, iou_threshold)
+
+
+def detect_tiled(detector: Detector, frame_bgr: np.ndarray, overlap: int | None = None) -> Detections:
+    """Detections over tiles of the detector's input size, at the frame's native scale."""
+    height, width = frame_bgr.shape[:2]
+    tile_h, tile_w = min(detector.height, height), min(detector.width, width)
+    overlap = overlap if overlap is not None else max(32, detector.width // 6)
+    parts = []
+    ys, xs = tile_origins(height, tile_h, overlap), tile_origins(width, tile_w, overlap)
+    for y0 in ys:
+        for x0 in xs:
+            tile = frame_bgr[y0 : y0 + tile_h, x0 : x0 + tile_w]
+            found = detector.detect_image(tile, (x0, y0))
+            b = found.boxes
+            cut = np.zeros(len(found), bool)
+            if x0 > 0:
+                cut |= b[:, 0] <= x0 + EDGE_MARGIN
+            if y0 > 0:
+                cut |= b[:, 1] <= y0 + EDGE_MARGIN
+            if x0 + tile_w < width:
+                cut |= b[:, 2] >= x0 + tile_w - EDGE_MARGIN
+            if y0 + tile_h < height:
+                cut |= b[:, 3] >= y0 + tile_h - EDGE_MARGIN
+            parts.append((found, cut))
+    return merge_tiles(parts, detector.iou_threshold)
+
+
+def needs_tiling(detector: Detector, frame_shape: tuple[int, ...], factor: float = 1.5) -> bool:
+    """Tile when the frame is much larger than the detector input (a downscaled whole frame
+    would shrink small galaxies below what the detector can see)."""
+    height, width = frame_shape[:2]
+    return max(height / detector.height, width / detector.width) > factor

@@ -1,0 +1,79 @@
+"""Tiling with merging across tile borders, and the IoU tracker."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from edge.models import Detections, Detector
+from edge.tiling import detect_tiled, merge_tiles, needs_tiling, tile_origins
+from edge.tracking import IouTracker
+from tests.conftest import blob_frame
+
+
+def test_tile_origins_cover_with_overlap() -> None:
+    for length, tile, overlap in [(1280, 320, 53), (720, 320, 53), (300, 320, 32), (641, 64, 32)]:
+        starts = tile_origins(length, tile, overlap)
+        assert starts[0] == 0 and starts[-1] + min(tile, length) == max(length, min(tile, length))
+        for a, b in itertools.pairwise(starts):
+            assert a + tile - b >= overlap
+
+
+def test_merge_drops_cut_boxes_seen_whole_elsewhere_and_fuses_pieces() -> None:
+    whole = Detections(
+        np.array([[90, 10, 110, 30]], np.float32), np.array([0.9], np.float32), np.zeros(1, np.int32)
+    )
+    cut = Detections(
+        np.array([[90, 10, 100, 30]], np.float32), np.array([0.95], np.float32), np.zeros(1, np.int32)
+    )
+    merged = merge_tiles([(whole, np.array([False])), (cut, np.array([True]))], 0.5)
+    assert merged.boxes.tolist() == [[90, 10, 110, 30]]
+    # An object bigger than the overlap is cut in both tiles: the pieces become one box.
+    left = Detections(
+        np.array([[50, 40, 130, 90]], np.float32), np.array([0.7], np.float32), np.zeros(1, np.int32)
+    )
+    right = Detections(
+        np.array([[110, 42, 200, 88]], np.float32), np.array([0.8], np.float32), np.zeros(1, np.int32)
+    )
+    merged = merge_tiles([(left, np.array([True])), (right, np.array([True]))], 0.5)
+    assert merged.boxes.tolist() == [[50, 40, 200, 90]] and merged.scores.tolist() == [np.float32(0.8)]
+
+
+def test_tiled_detection_finds_every_blob_once(tiny_models) -> None:
+    detector = Detector(tiny_models["detector"])
+    rng = np.random.default_rng(2)
+    blobs = []
+    while len(blobs) < 25:
+        x, y = int(rng.integers(0, 312)), int(rng.integers(0, 232))
+        if all(abs(x - bx) > 20 or abs(y - by) > 20 for bx, by, _ in blobs):
+            blobs.append((x, y, (255, 255, 255)))
+    frame = blob_frame(320, 240, blobs)
+    assert needs_tiling(detector, frame.shape)
+    found = detect_tiled(detector, frame, overlap=24)
+    centres = (found.boxes[:, :2] + found.boxes[:, 2:]) / 2
+    assert len(found) == len(blobs)
+    for x, y, _ in blobs:
+        assert np.hypot(*(centres - [x + 4, y + 4]).T).min() <= 4
+
+
+def test_tracker_keeps_ids_and_votes_classes() -> None:
+    tracker = IouTracker(iou_threshold=0.3, max_misses=2, reclassify_every=5)
+    boxes = np.array([[10, 10, 30, 30], [100, 100, 140, 120]], np.float32)
+    first = tracker.update(boxes, np.array([0.9, 0.8]), 0)
+    ids = [t.track_id for t in first]
+    for frame in range(1, 4):
+        moved = boxes + frame  # drifting a pixel per frame
+        again = tracker.update(moved, np.array([0.9, 0.8]), frame)
+        assert [t.track_id for t in again] == ids
+    track = first[0]
+    assert tracker.needs_classification(track, 3)
+    track.add_classification(np.array([0.7, 0.3]), 3)
+    track.add_classification(np.array([0.5, 0.5]), 4)
+    assert np.allclose(track.probabilities, [0.6, 0.4])
+    assert not tracker.needs_classification(track, 8) and tracker.needs_classification(track, 9)
+    newcomer = tracker.update(np.array([[300, 300, 320, 320]], np.float32), np.array([0.5]), 4)[0]
+    assert newcomer.track_id not in ids
+    for frame in range(5, 9):
+        tracker.update(np.zeros((0, 4), np.float32), np.zeros(0), frame)
+    assert not tracker.tracks and len(tracker.all_tracks()) == 3

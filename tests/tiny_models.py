@@ -1,0 +1,126 @@
+"""Tiny int8 TFLite models with hand-set weights, for testing the edge runtime without
+trained models.
+
+- A "bright blob" SSD detector: input 64x64, one anchor per 4x4 cell (16x16 anchors of
+  8x8 pixels), class logit = 40 * (cell brightness - 0.5), box deltas zero. A white square
+  on black is detected at the anchors it covers.
+- A "dominant colour" classifier: input 16x16, logits = 12 * mean of each RGB channel over
+  the image, softmax; labels red, green, blue.
+
+Built with Keras and TFLiteConverter (full-integer int8), and written with a model card.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+DETECTOR_SIZE = 64
+CELL = 4
+
+
+def _convert_int8(model, representative: np.ndarray, path: Path) -> Path:
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+    def dataset():
+        for sample in representative:
+            yield [sample[None].astype(np.float32)]
+
+    converter.representative_dataset = dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    path.write_bytes(converter.convert())
+    return path
+
+
+def detector_anchors() -> list[list[float]]:
+    grid = DETECTOR_SIZE // CELL
+    anchors = []
+    for row in range(grid):
+        for col in range(grid):
+            anchors.append([(row + 0.5) / grid, (col + 0.5) / grid, 2 / grid, 2 / grid])
+    return anchors
+
+
+def build_detector(folder: Path, name: str = "tiny_detector_int8") -> Path:
+    import keras
+
+    grid = DETECTOR_SIZE // CELL
+    inputs = keras.Input((DETECTOR_SIZE, DETECTOR_SIZE, 3), batch_size=1)
+    scaled = keras.layers.Rescaling(1 / 255)(inputs)
+    gray = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Constant(1 / 3), use_bias=False)(
+        scaled
+    )
+    pooled = keras.layers.AveragePooling2D(CELL)(gray)
+    logits = keras.layers.Conv2D(
+        1,
+        1,
+        kernel_initializer=keras.initializers.Constant(40.0),
+        bias_initializer=keras.initializers.Constant(-20.0),
+    )(pooled)
+    deltas = keras.layers.Conv2D(4, 1, kernel_initializer="zeros", bias_initializer="zeros")(pooled)
+    boxes = keras.layers.Reshape((grid * grid, 4), name="boxes")(deltas)
+    scores = keras.layers.Reshape((grid * grid, 1), name="scores")(logits)
+    model = keras.Model(inputs, [boxes, scores])
+    rng = np.random.default_rng(0)
+    representative = rng.integers(0, 256, (32, DETECTOR_SIZE, DETECTOR_SIZE, 3)).astype(np.float32)
+    representative[::2] = 0
+    representative[1::4] = 255
+    path = _convert_int8(model, representative, folder / f"{name}.tflite")
+    from edge.interpreter import load_interpreter
+
+    outputs = load_interpreter(path).get_output_details()
+    order = {"boxes": 0, "scores": 1} if outputs[0]["shape"][-1] == 4 else {"boxes": 1, "scores": 0}
+    card = {
+        "format_version": 1,
+        "task": "detector",
+        "labels": ["galaxy"],
+        "input": {"color_order": "RGB", "mean": [0, 0, 0], "std": [1, 1, 1], "resize": "stretch"},
+        "decoding": {
+            "type": "ssd",
+            "anchors_center_yxhw": detector_anchors(),
+            "box_variance": [0.1, 0.1, 0.2, 0.2],
+            "score_activation": "sigmoid",
+            "score_threshold": 0.6,
+            "iou_threshold": 0.1,
+            "max_detections": 100,
+            "outputs": order,
+        },
+        "quantization": {"step": float(outputs[order["scores"]]["quantization"][0])},
+    }
+    (folder / f"{name}.json").write_text(json.dumps(card))
+    return path
+
+
+def build_classifier(folder: Path, name: str = "tiny_classifier_int8") -> Path:
+    import keras
+
+    inputs = keras.Input((16, 16, 3), batch_size=1)
+    scaled = keras.layers.Rescaling(1 / 255)(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(scaled)
+    logits = keras.layers.Dense(
+        3, kernel_initializer=keras.initializers.Identity(12.0), bias_initializer="zeros"
+    )(pooled)
+    probabilities = keras.layers.Softmax()(logits)
+    model = keras.Model(inputs, probabilities)
+    rng = np.random.default_rng(1)
+    representative = rng.integers(0, 256, (32, 16, 16, 3)).astype(np.float32)
+    for c in range(3):
+        representative[c::6, ..., c] = 255
+    path = _convert_int8(model, representative, folder / f"{name}.tflite")
+    card = {
+        "format_version": 1,
+        "task": "classifier",
+        "labels": ["red", "green", "blue"],
+        "colors_rgb": [[255, 0, 0], [0, 255, 0], [0, 0, 255]],
+        "input": {"color_order": "RGB", "mean": [0, 0, 0], "std": [1, 1, 1], "resize": "stretch"},
+        "output": "probabilities",
+    }
+    (folder / f"{name}.json").write_text(json.dumps(card))
+    return path
