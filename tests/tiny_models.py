@@ -5,7 +5,7 @@ trained models.
   8x8 pixels), class logit = 40 * (cell brightness - 0.5), box deltas zero. A white square
   on black is detected at the anchors it covers.
 - A "dominant colour" classifier: input 16x16, logits = 12 * mean of each RGB channel over
-  the image, softmax; labels red, green, blue.
+  the image (0-1), softmax; labels red, green, blue.
 
 Built with Keras and TFLiteConverter (full-integer int8), and written with a model card.
 """
@@ -102,11 +102,14 @@ def build_classifier(folder: Path, name: str = "tiny_classifier_int8") -> Path:
     import keras
 
     inputs = keras.Input((16, 16, 3), batch_size=1)
-    scaled = keras.layers.Rescaling(1 / 255)(inputs)
-    pooled = keras.layers.GlobalAveragePooling2D()(scaled)
-    logits = keras.layers.Dense(
-        3, kernel_initializer=keras.initializers.Identity(12.0), bias_initializer="zeros"
-    )(pooled)
+    # A 16x16 convolution over the whole input computes 12 x the mean of each channel. (A
+    # FULLY_CONNECTED layer with 3 inputs crashes tflite-runtime 2.14 on arm64, the Raspberry
+    # Pi OS runtime; larger ones run.)
+    weights = np.zeros((16, 16, 3, 3), np.float32)
+    for channel in range(3):
+        weights[:, :, channel, channel] = 12.0 / (255 * 256)
+    conv = keras.layers.Conv2D(3, 16, kernel_initializer=keras.initializers.Constant(weights), use_bias=False)
+    logits = keras.layers.Flatten()(conv(inputs))
     probabilities = keras.layers.Softmax()(logits)
     model = keras.Model(inputs, probabilities)
     rng = np.random.default_rng(1)
