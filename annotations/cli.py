@@ -91,6 +91,9 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     propose.add_argument("--thresh", type=float, default=2.5, help="detection threshold in background sigma")
     propose.add_argument("--minarea", type=int, default=5, help="minimum pixels above the threshold")
     propose.add_argument("--psf-fwhm", type=float, help="PSF FWHM in pixels (default: estimated per frame)")
+    propose.add_argument(
+        "--filter-fwhm", type=float, help="Gaussian detection filter FWHM (default: sep 3x3)"
+    )
     propose.add_argument("--stars", action="store_true", help="also write 'star' boxes for point sources")
     propose.add_argument("--label", default="galaxy", help="class name for extended sources")
     propose.add_argument(
@@ -172,6 +175,7 @@ def run_propose(args: argparse.Namespace) -> int:
         thresh_sigma=args.thresh,
         minarea=args.minarea,
         psf_fwhm=args.psf_fwhm,
+        filter_fwhm=args.filter_fwhm,
         include_stars=args.stars,
         label=args.label,
     )

@@ -31,6 +31,7 @@ class ProposalSettings:
     deblend_nthresh: int = 32
     deblend_cont: float = 0.005
     background_mesh: int = 64  # pixels per background cell
+    filter_fwhm: float | None = None  # pixels: a Gaussian detection filter; None: sep's 3x3 default
     kron_factor: float = 2.5
     star_radius_ratio: float = 1.2  # half-light radius / PSF's below this: point source
     psf_fwhm: float | None = None  # pixels; estimated from the frame when None
@@ -130,6 +131,15 @@ def estimate_psf_radius(radii: np.ndarray, snr: np.ndarray, saturated: np.ndarra
     return float(np.median(bright[: max(3, len(bright) // 3)]))
 
 
+def _gaussian_kernel(fwhm: float) -> np.ndarray:
+    """A detection filter matched to a seeing disc of this FWHM (SExtractor's practice)."""
+    sigma = fwhm / 2.3548
+    radius = max(1, int(np.ceil(2 * sigma)))
+    axis = np.arange(-radius, radius + 1)
+    kernel = np.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * sigma**2))
+    return kernel / kernel.sum()
+
+
 def _clipped_core_radius(clipped: np.ndarray, objects: np.ndarray, which: np.ndarray) -> np.ndarray:
     """Radius of the disc with the area of the clipped pixels inside each object's footprint box."""
     radius = np.zeros(len(objects), np.float64)
@@ -193,6 +203,7 @@ def extract_sources(
             minarea=settings.minarea,
             deblend_nthresh=settings.deblend_nthresh,
             deblend_cont=settings.deblend_cont,
+            **({"filter_kernel": _gaussian_kernel(settings.filter_fwhm)} if settings.filter_fwhm else {}),
         )
     except Exception as error:  # sep raises plain Exception for pixel-stack overflows
         raise GalaxyEdgeError(f"source extraction failed: {error}") from None
