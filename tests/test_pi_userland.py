@@ -1,0 +1,136 @@
+"""The edge runtime in an emulated Raspberry Pi OS arm64 userland (Python 3.11, numpy 1.24,
+tflite-runtime 2.14, OpenCV 4.11, under qemu-user), against the x86 run under ai-edge-litert.
+
+The userland is built once into .cache/pi-userland by ../shared/tools/pi-userland; where it
+cannot be built (no qemu-user-static, no package mirror) the tests are skipped saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.tracking import iou_matrix
+from tests.conftest import REPO, blob_frame
+
+pytestmark = pytest.mark.pi
+
+PI_TOOL = REPO.parent / "shared" / "tools" / "pi-userland" / "build.sh"
+PI_DIR = REPO / ".cache" / "pi-userland"
+RED, BLUE = (150, 150, 255), (255, 150, 150)
+
+
+@pytest.fixture(scope="session")
+def pi_python() -> Path:
+    python = PI_DIR / "python3"
+    if python.exists():
+        return python
+    if not PI_TOOL.exists():
+        pytest.skip(f"the Pi userland tool is not here ({PI_TOOL})")
+    environment = dict(os.environ, PIP=f"{sys.executable} -m pip")
+    result = subprocess.run(
+        ["bash", str(PI_TOOL), str(PI_DIR), "pip"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=environment,
+        check=False,
+    )
+    if result.returncode != 0 or not python.exists():
+        reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(
+            f"could not build the Pi userland (qemu-user-static or package mirrors unavailable): {reason}"
+        )
+    return python
+
+
+def _galaxy_edge(python: Path | str, *args: str) -> subprocess.CompletedProcess:
+    environment = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run(
+        [str(python), "-m", "galaxy_edge", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=environment,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pi_frames")
+    cv2.imwrite(str(folder / "a.png"), blob_frame(64, 64, [(8, 8, RED), (40, 40, BLUE)]))
+    cv2.imwrite(
+        str(folder / "b.png"), blob_frame(200, 150, [(20, 30, RED), (120, 100, BLUE), (170, 20, RED)])
+    )
+    return folder
+
+
+def test_runtime_picks_tflite_runtime_with_numpy_1(pi_python: Path) -> None:
+    code = "import numpy, edge.interpreter as e\nmodule = e.interpreter_module()\n"
+    code += "print(e.runtime_name(module), numpy.__version__)"
+    result = subprocess.run(
+        [str(pi_python), "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    runtime, numpy_version = result.stdout.split()
+    assert runtime == "tflite_runtime" and numpy_version.startswith("1.")
+
+
+def test_detect_and_classify_agree_with_x86(pi_python: Path, tiny_models, frames: Path) -> None:
+    card = json.loads(tiny_models["detector"].with_suffix(".json").read_text())
+    step = card["quantization"]["step"]
+    for verb, model in (("detect", tiny_models["detector"]), ("classify", tiny_models["classifier"])):
+        arm = _galaxy_edge(pi_python, verb, frames, "--model", model, "--json")
+        x86 = _galaxy_edge(sys.executable, verb, frames, "--model", model, "--json")
+        assert arm.returncode == 0 and x86.returncode == 0, arm.stderr + x86.stderr
+        arm_records = [json.loads(line) for line in arm.stdout.splitlines()]
+        x86_records = [json.loads(line) for line in x86.stdout.splitlines()]
+        assert [r["image"] for r in arm_records] == [r["image"] for r in x86_records]
+        for a, x in zip(arm_records, x86_records, strict=True):
+            if verb == "classify":
+                assert a["label"] == x["label"]
+                continue
+            assert len(a["detections"]) == len(x["detections"]) > 0
+            boxes_a = np.array([d["box"] for d in a["detections"]])
+            boxes_x = np.array([d["box"] for d in x["detections"]])
+            overlaps = iou_matrix(boxes_a, boxes_x)
+            assert overlaps.max(axis=1).min() >= 0.9
+            best = overlaps.argmax(axis=1)
+            scores_a = np.array([d["score"] for d in a["detections"]])
+            scores_x = np.array([d["score"] for d in x["detections"]])[best]
+            assert np.abs(scores_a - scores_x).max() <= 2 * step + 1e-4
+
+
+def test_run_writes_results_on_the_pi(pi_python: Path, tiny_models, frames: Path, tmp_path: Path) -> None:
+    result = _galaxy_edge(
+        pi_python,
+        "run",
+        "--source",
+        frames,
+        "--out",
+        tmp_path / "out",
+        "--detector",
+        tiny_models["detector"],
+        "--classifier",
+        tiny_models["classifier"],
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 frames" in result.stdout
+    lines = (tmp_path / "out" / "detections.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and len(json.loads(lines[1])["detections"]) == 3
+    assert len((tmp_path / "out" / "catalog.csv").read_text().splitlines()) == 1 + 5
