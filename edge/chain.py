@@ -171,12 +171,28 @@ class RunSummary:
         return lines
 
 
-class _TerminatedError(Exception):
-    pass
+class _StopRequest:
+    """SIGTERM and the first Ctrl-C ask the loop to stop between frames, so the frame in
+    progress is finished and written; a second Ctrl-C interrupts at once."""
 
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict[int, object] = {}
 
-def _on_sigterm(signum, _frame) -> None:
-    raise _TerminatedError()
+    def install(self) -> None:
+        if not _main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, _frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def run(chain: Chain, source: FrameSource, out: Path, max_frames: int | None = None) -> RunSummary:
@@ -191,11 +207,12 @@ def run(chain: Chain, source: FrameSource, out: Path, max_frames: int | None = N
     palette = _palette(chain)
     ages: list[float] = []
     frames = 0
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if _main_thread() else None
+    stop = _StopRequest()
+    stop.install()
     started = time.perf_counter()
     iterator = iter(source)
     try:
-        while max_frames is None or frames < max_frames:
+        while (max_frames is None or frames < max_frames) and not stop.requested:
             fetch = time.perf_counter()
             try:
                 frame = next(iterator)
@@ -231,7 +248,7 @@ def run(chain: Chain, source: FrameSource, out: Path, max_frames: int | None = N
             frames += 1
             if window is not None and image is not None and not window.show(image):
                 break
-    except (KeyboardInterrupt, _TerminatedError):
+    except KeyboardInterrupt:
         print("interrupted: writing what was produced", file=sys.stderr)
     finally:
         elapsed = time.perf_counter() - started
@@ -241,8 +258,9 @@ def run(chain: Chain, source: FrameSource, out: Path, max_frames: int | None = N
         source.close()
         if window is not None:
             window.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        stop.restore()
+        if stop.requested:
+            print("stopped on request: everything produced is written", file=sys.stderr)
     age = np.asarray(ages) if ages else np.zeros(1)
     return RunSummary(
         frames=frames,
