@@ -19,6 +19,7 @@ from galaxy_edge.errors import GalaxyEdgeError
 VERB_MODULES = (
     "annotations.cli",
     "simulation.cli",
+    "classification.cli",
     "edge.cli",
 )
 

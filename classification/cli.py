@@ -1,0 +1,246 @@
+"""Training-side verbs for the classifier: `data`, `tune`, `train --classifier`, `evaluate --classifier`.
+
+Only argparse here; TensorFlow is imported when a handler runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _fractions(value: str) -> tuple[float, float, float]:
+    parts = tuple(float(v) for v in value.split(","))
+    if len(parts) != 3 or abs(sum(parts) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(
+            f"expected three fractions summing to 1, like 0.8,0.1,0.1; got {value!r}"
+        )
+    return parts  # type: ignore[return-value]
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="Galaxy10 .h5 (astroNN layout, real or simulated) or a folder of class folders",
+    )
+    parser.add_argument("--scheme", choices=("decals", "sdss"), help="class scheme (default: from the data)")
+    parser.add_argument("--size", type=int, default=69, help="model input size; images are resized to it")
+    parser.add_argument("--split", type=_fractions, default=(0.8, 0.1, 0.1), help="train,val,test fractions")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
+    data = verbs.add_parser(
+        "data",
+        help="download the official Galaxy10 files (for users who are online)",
+        formatter_class=formatter,
+        epilog="example:\n  galaxy-edge data galaxy10 --variant decals --out data/",
+    )
+    data.add_argument("dataset", choices=("galaxy10",))
+    data.add_argument("--variant", choices=("decals", "sdss"), default="decals")
+    data.add_argument("--out", type=Path, default=Path("data"))
+    data.set_defaults(handler=run_data)
+
+    tune = verbs.add_parser(
+        "tune",
+        help="Bayesian search (keras-tuner) of the classifier's shape under a parameter budget",
+        formatter_class=formatter,
+        epilog="example:\n  galaxy-edge tune --data data/sim.h5 --trials 20 --out runs/tune",
+    )
+    _data_options(tune)
+    tune.add_argument("--trials", type=int, default=20)
+    tune.add_argument("--epochs", type=int, default=8, help="epochs per trial")
+    tune.add_argument("--budget", type=int, default=150_000, help="maximum parameters")
+    tune.add_argument("--out", type=Path, required=True, help="tuner folder (an existing one is resumed)")
+    tune.set_defaults(handler=run_tune)
+
+    train = verbs.add_parser(
+        "train",
+        help="train the classifier (--classifier)",
+        formatter_class=formatter,
+        epilog="example:\n  galaxy-edge train --classifier --data data/sim.h5 --config runs/tune/tuning.json "
+        "--out runs/classifier",
+    )
+    train.add_argument(
+        "--classifier", action="store_true", required=True, help="train the Galaxy10 classifier"
+    )
+    _data_options(train)
+    train.add_argument("--config", type=Path, help="hyperparameters: a tuning.json or a classifier.json")
+    train.add_argument("--from", dest="initial", type=Path, help="fine-tune from this .keras model")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument(
+        "--class-weight-power",
+        type=float,
+        default=0.5,
+        help="0: no class weights, 1: inverse frequency; between: partial rebalancing",
+    )
+    train.add_argument("--no-augment", action="store_true")
+    train.add_argument("--out", type=Path, required=True)
+    train.set_defaults(handler=run_train)
+
+    evaluate = verbs.add_parser(
+        "evaluate",
+        help="evaluate the classifier (--classifier): metrics, confusion, calibration, GZ2 spiral check",
+        formatter_class=formatter,
+        epilog="example:\n  galaxy-edge evaluate --classifier --model runs/classifier/classifier.keras "
+        "--data data/sim_test.h5 --gz2 --out runs/classifier/eval",
+    )
+    evaluate.add_argument("--classifier", action="store_true", required=True)
+    evaluate.add_argument("--model", type=Path, required=True, help=".keras model")
+    evaluate.add_argument("--data", type=Path, help="labelled .h5 or class folders (all of it is evaluated)")
+    evaluate.add_argument("--scheme", choices=("decals", "sdss"))
+    evaluate.add_argument(
+        "--gz2",
+        nargs="?",
+        const="default",
+        help="also run the real GZ2 spiral check (default folder ../shared/data/gz2_kaggle_1400)",
+    )
+    evaluate.add_argument("--rotations", action="store_true", help="also report test-time rotation averaging")
+    evaluate.add_argument("--out", type=Path, required=True)
+    evaluate.set_defaults(handler=run_evaluate)
+
+
+def _split(args: argparse.Namespace):
+    from classification.data import load_dataset, stratified_split
+
+    dataset = load_dataset(args.data, args.size, args.scheme)
+    train, validation, test = stratified_split(dataset.labels, args.split, args.seed)
+    print(
+        f"{args.data}: {len(dataset)} images ({dataset.scheme}), train {len(train)}, val {len(validation)}, "
+        f"test {len(test)}",
+        file=sys.stderr,
+    )
+    return dataset, dataset.subset(train), dataset.subset(validation), dataset.subset(test)
+
+
+def run_data(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from classification.download import download_galaxy10
+
+    with tqdm(unit="B", unit_scale=True, desc=args.variant, file=sys.stderr, mininterval=1) as bar:
+        path = download_galaxy10(args.variant, args.out, progress=bar.update)
+    print(path)
+    return 0
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from classification.tune import tune_classifier
+
+    _, train, validation, _ = _split(args)
+    result = tune_classifier(
+        train, validation, args.out, args.trials, args.epochs, args.budget, input_size=args.size
+    )
+    print(
+        f"best val accuracy {result['best_val_accuracy']:.4f} with {result['best_parameters']} parameters: "
+        f"{json.dumps(result['best_config'])}"
+    )
+    print(f"results in {args.out / 'tuning.json'}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from classification.evaluate import classification_metrics, predict
+    from classification.model import CNNConfig
+    from classification.train import TrainSettings, train_classifier
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    dataset, train, validation, test = _split(args)
+    config = CNNConfig(input_size=args.size, num_classes=len(dataset.counts()))
+    if args.config:
+        values = json.loads(args.config.read_text())
+        config = CNNConfig.from_dict(values.get("best_config") or values.get("config") or values)
+        config.input_size, config.num_classes = args.size, len(dataset.counts())
+    initial = None
+    if args.initial:
+        import keras
+
+        if not args.initial.is_file():
+            raise GalaxyEdgeError(f"{args.initial}: no such model")
+        initial = keras.models.load_model(args.initial)
+    settings = TrainSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        class_weight_power=args.class_weight_power,
+        augment=not args.no_augment,
+    )
+    model = train_classifier(train, validation, config, settings, args.out, initial)
+    metrics = classification_metrics(predict(model, test.images), test.labels, dataset.scheme)
+    summary_path = args.out / "classifier.json"
+    summary = json.loads(summary_path.read_text())
+    summary["test"] = {
+        "accuracy": metrics["accuracy"],
+        "count": metrics["count"],
+        "macro_roc_auc": metrics["macro_roc_auc"],
+    }
+    summary_path.write_text(json.dumps(summary, indent=1))
+    print(
+        f"test accuracy {metrics['accuracy']:.4f} on {metrics['count']} held-out images; "
+        f"model {args.out / 'classifier.keras'}"
+    )
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import keras
+
+    from classification.data import load_dataset
+    from classification.evaluate import (
+        classification_metrics,
+        predict,
+        save_plots,
+        spiral_check,
+        write_report,
+    )
+    from galaxy_edge.errors import GalaxyEdgeError
+    from galaxy_edge.gz2 import DEFAULT_GZ2_DIR, load_gz2
+
+    if not args.model.is_file():
+        raise GalaxyEdgeError(f"{args.model}: no such model")
+    model = keras.models.load_model(args.model)
+    size = int(model.input_shape[1])
+    scheme = args.scheme
+    report: dict = {"model": str(args.model)}
+    if args.data:
+        dataset = load_dataset(args.data, size, scheme)
+        scheme = dataset.scheme
+        metrics = classification_metrics(predict(model, dataset.images), dataset.labels, scheme)
+        report["data"] = {"source": str(args.data), **metrics}
+        args.out.mkdir(parents=True, exist_ok=True)
+        save_plots(metrics, scheme, args.out)
+        print(
+            f"accuracy {metrics['accuracy']:.4f}, macro ROC-AUC {metrics['macro_roc_auc']}, "
+            f"ECE {metrics['expected_calibration_error']:.4f} on {metrics['count']} images"
+        )
+        if args.rotations:
+            rotated = classification_metrics(
+                predict(model, dataset.images, rotations=True), dataset.labels, scheme
+            )
+            report["data_rotations"] = {
+                "accuracy": rotated["accuracy"],
+                "gain": rotated["accuracy"] - metrics["accuracy"],
+                "cost": "8 invokes per crop",
+            }
+            print(
+                f"with 8 rotations and flips: accuracy {rotated['accuracy']:.4f} "
+                f"({rotated['accuracy'] - metrics['accuracy']:+.4f}) at 8x the cost"
+            )
+    if args.gz2:
+        folder = DEFAULT_GZ2_DIR if args.gz2 == "default" else Path(args.gz2)
+        gz2 = load_gz2(folder, size=size)
+        check = spiral_check(predict(model, gz2.images), gz2.spiral, scheme or "decals")
+        report["gz2_spiral_check"] = check
+        print(
+            f"real GZ2 spiral check: ROC-AUC {check['roc_auc']:.4f}, "
+            f"accuracy {check['best_accuracy']:.4f} at "
+            f"threshold {check['best_threshold']:.2f} ({check['count']} images)"
+        )
+    path = write_report(report, args.out)
+    print(f"report in {path}")
+    return 0

@@ -1,0 +1,149 @@
+"""Galaxy10 data: astroNN's .h5 layout (SDSS and DECaLS), class folders, the real GZ2 images,
+and stratified splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from galaxy_edge.errors import GalaxyEdgeError
+from galaxy_edge.schemes import get_scheme
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+SIZE_TO_SCHEME = {69: "sdss", 256: "decals"}
+CHUNK = 512  # images resized per read, to bound memory on the 3.5 GB DECaLS file
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray  # (N, H, W, 3) uint8 RGB
+    labels: np.ndarray  # (N,) int
+    scheme: str
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: np.ndarray) -> ImageSet:
+        return ImageSet(self.images[index], self.labels[index], self.scheme, self.source)
+
+    def counts(self) -> dict[str, int]:
+        names = get_scheme(self.scheme).names
+        return {names[i]: int((self.labels == i).sum()) for i in range(len(names))}
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Area-averaged resize of (N, H, W, 3) uint8 images to size x size (Galaxy10's recipe)."""
+    import cv2
+
+    if images.shape[1:3] == (size, size):
+        return images
+    out = np.empty((len(images), size, size, 3), np.uint8)
+    for i, image in enumerate(images):
+        out[i] = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return out
+
+
+def load_h5(
+    path: Path | str, size: int | None = None, scheme: str | None = None, limit: int | None = None
+) -> ImageSet:
+    """A Galaxy10 .h5 file (astroNN layout: `images` uint8 (N, H, W, 3), `ans` (N,)), resized to
+    size x size when given. The scheme comes from the argument, the file's `scheme` attribute,
+    or the image size (69: SDSS, 256: DECaLS)."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise GalaxyEdgeError(f"{path}: no such file")
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise GalaxyEdgeError(f"{path}: not a readable HDF5 file ({error})") from None
+    with handle:
+        if "images" not in handle or "ans" not in handle:
+            raise GalaxyEdgeError(
+                f"{path}: expected datasets 'images' and 'ans' (astroNN Galaxy10 layout), "
+                f"found {sorted(handle)}"
+            )
+        dataset, answers = handle["images"], handle["ans"]
+        if dataset.ndim != 4 or dataset.shape[3] != 3 or len(answers) != dataset.shape[0]:
+            raise GalaxyEdgeError(
+                f"{path}: 'images' must be (N, H, W, 3) with one 'ans' each, "
+                f"found {dataset.shape} and {answers.shape}"
+            )
+        attribute = handle.attrs.get("scheme")
+        scheme = scheme or (attribute.decode() if isinstance(attribute, bytes) else attribute)
+        scheme = scheme or SIZE_TO_SCHEME.get(dataset.shape[1])
+        if scheme is None:
+            raise GalaxyEdgeError(
+                f"{path}: cannot tell the class scheme from {dataset.shape[1]}-pixel images; "
+                "pass --scheme decals or sdss"
+            )
+        count = min(limit or len(answers), len(answers))
+        target = size or dataset.shape[1]
+        images = np.empty((count, target, target, 3), np.uint8)
+        for start in range(0, count, CHUNK):
+            stop = min(start + CHUNK, count)
+            images[start:stop] = resize_images(np.asarray(dataset[start:stop], np.uint8), target)
+        labels = np.asarray(answers[:count]).astype(np.int64)
+    classes = get_scheme(scheme).num_classes
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        raise GalaxyEdgeError(f"{path}: labels outside 0..{classes - 1} for scheme {scheme}")
+    return ImageSet(images, labels, scheme, str(path))
+
+
+def load_folders(root: Path | str, scheme: str, size: int) -> ImageSet:
+    """One folder per class, named by the scheme's class names (as `simulate stamps --format png` writes)."""
+    from PIL import Image
+
+    root = Path(root)
+    classes = get_scheme(scheme)
+    unknown = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in classes.names)
+    if unknown:
+        raise GalaxyEdgeError(
+            f"{root}: folders {unknown} are not {scheme} class names ({', '.join(classes.names)})"
+        )
+    images, labels = [], []
+    for index, name in enumerate(classes.names):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            try:
+                with Image.open(path) as image:
+                    array = np.asarray(image.convert("RGB"))
+            except OSError as error:
+                raise GalaxyEdgeError(f"{path}: image unreadable ({error})") from None
+            images.append(resize_images(array[None], size)[0])
+            labels.append(index)
+    if not images:
+        raise GalaxyEdgeError(f"{root}: no images in class folders")
+    return ImageSet(np.stack(images), np.array(labels, np.int64), scheme, str(root))
+
+
+def load_dataset(path: Path | str, size: int, scheme: str | None = None) -> ImageSet:
+    """An .h5 file or a folder of class folders."""
+    path = Path(path)
+    if path.is_dir():
+        return load_folders(path, scheme or "decals", size)
+    return load_h5(path, size, scheme)
+
+
+def stratified_split(
+    labels: np.ndarray, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train / validation / test indices, stratified by class (classes too rare to split go to train)."""
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[], [], []]
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        n_val = round(len(members) * fractions[1])
+        n_test = round(len(members) * fractions[2])
+        parts[1] += members[:n_val].tolist()
+        parts[2] += members[n_val : n_val + n_test].tolist()
+        parts[0] += members[n_val + n_test :].tolist()
+    return tuple(np.array(sorted(p), np.int64) for p in parts)  # type: ignore[return-value]

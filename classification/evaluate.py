@@ -1,0 +1,174 @@
+"""Evaluating a classifier: accuracy, per-class precision/recall/F1, macro ROC-AUC, confusion
+matrix, calibration (expected calibration error, reliability diagram), the reject option's
+coverage-accuracy curve, test-time rotations, and the real GZ2 spiral check."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from galaxy_edge.schemes import get_scheme
+
+
+def predict(model, images: np.ndarray, rotations: bool = False, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities; with rotations, the mean over the 8 rotations and flips."""
+    if not rotations:
+        return model.predict(images, batch_size=batch_size, verbose=0)
+    total = np.zeros((len(images), model.output_shape[-1]), np.float64)
+    for flipped in (images, images[:, :, ::-1]):
+        for turns in range(4):
+            total += model.predict(
+                np.ascontiguousarray(np.rot90(flipped, turns, axes=(1, 2))), batch_size=batch_size, verbose=0
+            )
+    return (total / 8).astype(np.float32)
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15):
+    """ECE over equal-width confidence bins, with the per-bin (confidence, accuracy, count)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    ece, table = 0.0, []
+    for low, high in itertools.pairwise(edges):
+        members = (confidence > low) & (confidence <= high)
+        if members.any():
+            gap = abs(confidence[members].mean() - correct[members].mean())
+            ece += members.mean() * gap
+            table.append(
+                (float(confidence[members].mean()), float(correct[members].mean()), int(members.sum()))
+            )
+    return float(ece), table
+
+
+def coverage_accuracy(probabilities: np.ndarray, labels: np.ndarray, thresholds=None) -> list[dict]:
+    """For each reject threshold: the fraction of crops kept and the accuracy on them."""
+    thresholds = np.linspace(0.0, 0.95, 20) if thresholds is None else thresholds
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    curve = []
+    for t in thresholds:
+        kept = confidence >= t
+        curve.append(
+            {
+                "threshold": float(t),
+                "coverage": float(kept.mean()),
+                "accuracy": float(correct[kept].mean()) if kept.any() else float("nan"),
+            }
+        )
+    return curve
+
+
+def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, scheme: str) -> dict:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+    names = list(get_scheme(scheme).names)
+    predicted = probabilities.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=range(len(names)), zero_division=0
+    )
+    present = np.unique(labels)
+    try:
+        auc = (
+            float(
+                roc_auc_score(
+                    labels,
+                    probabilities[:, present] / probabilities[:, present].sum(1, keepdims=True),
+                    multi_class="ovr",
+                    average="macro",
+                    labels=present,
+                )
+            )
+            if len(present) > 2
+            else None
+        )
+    except ValueError:
+        auc = None
+    ece, reliability = expected_calibration_error(probabilities, labels)
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "macro_roc_auc": auc,
+        "expected_calibration_error": ece,
+        "per_class": {
+            n: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for n, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)
+        },
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=range(len(names))).tolist(),
+        "reliability": reliability,
+        "coverage_accuracy": coverage_accuracy(probabilities, labels),
+        "count": len(labels),
+    }
+
+
+def spiral_check(probabilities: np.ndarray, spiral: np.ndarray, scheme: str) -> dict:
+    """The real-data check: probability mass on the scheme's spiral classes against GZ2's
+    `spiral` label: ROC-AUC, and accuracy at the best threshold."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    indices = list(get_scheme(scheme).spiral_indices)
+    score = probabilities[:, indices].sum(axis=1)
+    false_positive, true_positive, thresholds = roc_curve(spiral, score)
+    accuracy = (true_positive * spiral.sum() + (1 - false_positive) * (len(spiral) - spiral.sum())) / len(
+        spiral
+    )
+    best = int(np.argmax(accuracy))
+    return {
+        "roc_auc": float(roc_auc_score(spiral, score)),
+        "best_accuracy": float(accuracy[best]),
+        "best_threshold": float(min(thresholds[best], 1.0)),
+        "count": len(spiral),
+    }
+
+
+def save_plots(metrics: dict, scheme: str, out: Path) -> list[Path]:
+    """Confusion matrix and reliability diagram PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = get_scheme(scheme).titles
+    matrix = np.array(metrics["confusion_matrix"], np.float64)
+    normalised = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(
+            j,
+            i,
+            f"{int(value)}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if normalised[i, j] > 0.5 else "black",
+        )
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {metrics['accuracy']:.3f}")
+    fig.tight_layout()
+    confusion_path = out / "confusion_matrix.png"
+    fig.savefig(confusion_path, dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    bins = metrics["reliability"]
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.plot([b[0] for b in bins], [b[1] for b in bins], "o-")
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"ECE {metrics['expected_calibration_error']:.3f}")
+    fig.tight_layout()
+    reliability_path = out / "reliability.png"
+    fig.savefig(reliability_path, dpi=110)
+    plt.close(fig)
+    return [confusion_path, reliability_path]
+
+
+def write_report(report: dict, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "evaluation.json"
+    path.write_text(json.dumps(report, indent=1))
+    return path

@@ -1,0 +1,234 @@
+"""Classification: Galaxy10 loaders, the offline download path, the CNN builder, metrics,
+and small training and tuning runs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from classification import download
+from classification.data import load_folders, load_h5, stratified_split
+from classification.evaluate import (
+    classification_metrics,
+    coverage_accuracy,
+    expected_calibration_error,
+    spiral_check,
+)
+from classification.model import CNNConfig, build_cnn, count_parameters
+from galaxy_edge.errors import GalaxyEdgeError
+
+
+def _write_h5(path: Path, images: np.ndarray, labels: np.ndarray, **datasets) -> Path:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("images", data=images)
+        f.create_dataset("ans", data=labels)
+        for name, value in datasets.items():
+            f.create_dataset(name, data=value)
+    return path
+
+
+def test_h5_loader_reads_both_variants_and_resizes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    sdss = _write_h5(
+        tmp_path / "sdss.h5",
+        rng.integers(0, 255, (12, 69, 69, 3), dtype=np.uint8),
+        np.arange(12, dtype=np.uint8) % 10,
+    )
+    loaded = load_h5(sdss)
+    assert (
+        loaded.scheme == "sdss"
+        and loaded.images.shape == (12, 69, 69, 3)
+        and loaded.labels.tolist()[:3] == [0, 1, 2]
+    )
+    decals_images = np.zeros((4, 256, 256, 3), np.uint8)
+    decals_images[:, 96:160, 96:160] = 255
+    decals = _write_h5(tmp_path / "decals.h5", decals_images, np.array([0, 5, 9, 2], np.uint8))
+    loaded = load_h5(decals, size=64)
+    assert loaded.scheme == "decals" and loaded.images.shape == (4, 64, 64, 3)
+    assert (
+        loaded.images[0, 32, 32, 0] == 255 and loaded.images[0, 2, 2, 0] == 0
+    )  # area resize keeps the centre
+
+
+def test_h5_loader_names_layout_problems(tmp_path: Path) -> None:
+    bad_keys = _write_h5(tmp_path / "a.h5", np.zeros((2, 69, 69, 3), np.uint8), np.zeros(2, np.uint8))
+    import h5py
+
+    with h5py.File(bad_keys, "a") as f:
+        del f["ans"]
+    with pytest.raises(GalaxyEdgeError, match=r"a\.h5: expected datasets 'images' and 'ans'"):
+        load_h5(bad_keys)
+    wrong = _write_h5(tmp_path / "b.h5", np.zeros((2, 69, 69), np.uint8), np.zeros(2, np.uint8))
+    with pytest.raises(GalaxyEdgeError, match=r"must be \(N, H, W, 3\)"):
+        load_h5(wrong)
+    labels = _write_h5(tmp_path / "c.h5", np.zeros((2, 69, 69, 3), np.uint8), np.array([0, 12], np.uint8))
+    with pytest.raises(GalaxyEdgeError, match=r"labels outside 0\.\.9"):
+        load_h5(labels)
+    (tmp_path / "d.h5").write_bytes(b"not hdf5")
+    with pytest.raises(GalaxyEdgeError, match="not a readable HDF5 file"):
+        load_h5(tmp_path / "d.h5")
+
+
+def test_class_folders_and_stratified_split(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for name, count in (("merging", 5), ("round_smooth", 20)):
+        (tmp_path / name).mkdir()
+        for i in range(count):
+            Image.fromarray(np.full((40, 40, 3), i, np.uint8)).save(tmp_path / name / f"{i}.png")
+    loaded = load_folders(tmp_path, "decals", 32)
+    assert loaded.images.shape == (25, 32, 32, 3) and loaded.counts()["merging"] == 5
+    train, val, test = stratified_split(loaded.labels, (0.6, 0.2, 0.2), seed=1)
+    assert len(set(train) | set(val) | set(test)) == 25 and not set(train) & set(test)
+    assert (loaded.labels[val] == 1).sum() == 1 and (loaded.labels[val] == 2).sum() == 4
+    (tmp_path / "comets").mkdir()
+    with pytest.raises(GalaxyEdgeError, match=r"folders \['comets'\] are not decals class names"):
+        load_folders(tmp_path, "decals", 32)
+
+
+def test_download_fails_at_once_when_offline(tmp_path: Path, monkeypatch) -> None:
+    spec = download.GALAXY10["sdss"]
+    monkeypatch.setitem(
+        download.GALAXY10,
+        "sdss",
+        download.Galaxy10File("http://127.0.0.1:9/Galaxy10.h5", spec.filename, spec.sha256),
+    )
+    started = time.perf_counter()
+    with pytest.raises(GalaxyEdgeError, match="looks offline"):
+        download.download_galaxy10("sdss", tmp_path, timeout=5)
+    assert time.perf_counter() - started < 10
+
+
+def test_download_verifies_an_existing_file_without_the_network(tmp_path: Path, monkeypatch) -> None:
+    content = b"galaxy10 stand-in" * 100
+    (tmp_path / "Galaxy10.h5").write_bytes(content)
+    monkeypatch.setitem(
+        download.GALAXY10,
+        "sdss",
+        download.Galaxy10File(
+            "http://127.0.0.1:9/Galaxy10.h5", "Galaxy10.h5", hashlib.sha256(content).hexdigest()
+        ),
+    )
+    assert download.download_galaxy10("sdss", tmp_path) == tmp_path / "Galaxy10.h5"
+
+
+def test_parameter_count_and_budget() -> None:
+    for config in (
+        CNNConfig(),
+        CNNConfig(filters=[8, 16], kernel_sizes=[3, 5], dense_units=0, input_size=32),
+    ):
+        assert count_parameters(config) == build_cnn(config).count_params()
+    assert count_parameters(CNNConfig()) <= 150_000
+
+
+def test_metrics_on_known_probabilities() -> None:
+    probabilities = np.array([[0.95, 0.05], [0.55, 0.45], [0.25, 0.75], [0.15, 0.85]], np.float32)
+    labels = np.array([0, 1, 1, 1])
+    ece, _ = expected_calibration_error(probabilities, labels, bins=5)
+    # bins of 0.2: {0.55} wrong, {0.75} right, {0.85, 0.95} right
+    assert ece == pytest.approx(0.25 * 0.55 + 0.25 * 0.25 + 0.5 * 0.1, abs=1e-6)
+    curve = coverage_accuracy(probabilities, labels, thresholds=[0.0, 0.65])
+    assert curve[0] == {"threshold": 0.0, "coverage": 1.0, "accuracy": 0.75}
+    assert curve[1]["coverage"] == 0.75 and curve[1]["accuracy"] == 1.0
+    ten = np.full((4, 10), 0.01, np.float32)
+    ten[:, 5] = [0.9, 0.1, 0.8, 0.05]  # barred spiral probability
+    check = spiral_check(ten, np.array([1, 0, 1, 0]), "decals")
+    assert check["roc_auc"] == 1.0 and check["best_accuracy"] == 1.0
+    metrics = classification_metrics(
+        np.eye(10, dtype=np.float32)[[0, 1, 2, 2]], np.array([0, 1, 2, 3]), "decals"
+    )
+    assert metrics["accuracy"] == 0.75 and metrics["confusion_matrix"][3][2] == 1
+
+
+@pytest.mark.slow
+def test_small_training_run_learns_and_cli_reports(tmp_path: Path, run_cli) -> None:
+    from simulation.stamps import StampSettings, render_stamps, write_h5
+
+    # Two easily told classes (round vs cigar-shaped smooth galaxies), 32 px, a few epochs.
+    images, labels, _ = render_stamps(1000, StampSettings(size=32, seed=3, balanced=True), workers=2)
+    keep = np.isin(labels, [2, 4])
+    data = write_h5(tmp_path / "two.h5", images[keep], labels[keep], "decals", 3)
+    config = tmp_path / "config.json"
+    config.write_text(
+        json.dumps(
+            {
+                "config": {
+                    "filters": [16, 32, 32],
+                    "kernel_sizes": [5, 3, 3],
+                    "dense_units": 0,
+                    "dropout": 0.1,
+                    "learning_rate": 0.003,
+                }
+            }
+        )
+    )
+    code, out, err = run_cli(
+        "train",
+        "--classifier",
+        "--data",
+        data,
+        "--size",
+        "32",
+        "--epochs",
+        "15",
+        "--batch-size",
+        "16",
+        "--config",
+        config,
+        "--out",
+        tmp_path / "run",
+        "--no-augment",
+    )
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "classifier.json").read_text())
+    assert summary["parameters"] == summary["parameters_estimated"]
+    assert summary["best_val_accuracy"] >= 0.7 and "test accuracy" in out  # chance is 0.5
+    code, out, err = run_cli(
+        "evaluate",
+        "--classifier",
+        "--model",
+        tmp_path / "run" / "classifier.keras",
+        "--data",
+        data,
+        "--rotations",
+        "--out",
+        tmp_path / "eval",
+    )
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["data"]["accuracy"] >= 0.7 and "gain" in report["data_rotations"]
+    assert (tmp_path / "eval" / "confusion_matrix.png").is_file() and (
+        tmp_path / "eval" / "reliability.png"
+    ).is_file()
+
+
+@pytest.mark.slow
+def test_tuning_respects_the_budget_and_resumes(tmp_path: Path) -> None:
+    from classification.data import ImageSet
+    from classification.train import TrainSettings
+    from classification.tune import tune_classifier
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (60, 24, 24, 3), dtype=np.uint8)
+    labels = np.arange(60) % 10
+    data = ImageSet(images, labels, "decals", "random")
+    settings = TrainSettings(batch_size=32, augment=False, verbose=0)
+    result = tune_classifier(
+        data, data, tmp_path, trials=3, epochs=1, budget=20_000, settings=settings, input_size=24
+    )
+    assert result["best_parameters"] <= 20_000
+    assert (tmp_path / "tuning.json").is_file() and (tmp_path / "tuner").is_dir()
+    assert len(result["trials"]) == 3 and all(t["val_accuracy"] is not None for t in result["trials"])
+    again = tune_classifier(
+        data, data, tmp_path, trials=3, epochs=1, budget=20_000, settings=settings, input_size=24
+    )
+    assert len(again["trials"]) == len(result["trials"])  # resumed: nothing ran twice
