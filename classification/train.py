@@ -77,6 +77,21 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch: int, seed: int, 
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+def training_datasets(train: ImageSet, validation: ImageSet, num_classes: int, settings: TrainSettings):
+    """(training dataset, validation dataset, class weights) as train and tune use them."""
+    weights = class_weights(train.labels, num_classes, settings.class_weight_power)
+    train_data = make_dataset(
+        train.images,
+        train.labels,
+        settings.batch_size,
+        settings.seed,
+        settings.augment,
+        weights if settings.class_weight_power else None,
+    )
+    validation_data = make_dataset(validation.images, validation.labels, 256, settings.seed, False)
+    return train_data, validation_data, weights
+
+
 def train_classifier(
     train: ImageSet,
     validation: ImageSet,
@@ -93,16 +108,7 @@ def train_classifier(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = initial_model or build_cnn(config)
-    weights = class_weights(train.labels, config.num_classes, settings.class_weight_power)
-    train_data = make_dataset(
-        train.images,
-        train.labels,
-        settings.batch_size,
-        settings.seed,
-        settings.augment,
-        weights if settings.class_weight_power else None,
-    )
-    validation_data = make_dataset(validation.images, validation.labels, 256, settings.seed, False)
+    train_data, validation_data, weights = training_datasets(train, validation, config.num_classes, settings)
     best = out / "classifier.keras"
     callbacks = [
         keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", save_best_only=True),

@@ -10,7 +10,7 @@ import numpy as np
 
 from classification.data import ImageSet
 from classification.model import PARAMETER_BUDGET, CNNConfig, build_cnn, count_parameters
-from classification.train import TrainSettings, class_weights, make_dataset
+from classification.train import TrainSettings, training_datasets
 
 FILTER_CHOICES = [8, 12, 16, 24, 32, 48, 64, 96, 128]
 INT8_BYTES_PER_PARAMETER = 1.1  # weights, plus per-channel scales and the flatbuffer's tensors
@@ -91,16 +91,7 @@ def tune_classifier(
         overwrite=False,  # resume an interrupted search
         max_consecutive_failed_trials=50,
     )
-    weights = class_weights(train.labels, num_classes, settings.class_weight_power)
-    train_data = make_dataset(
-        train.images,
-        train.labels,
-        settings.batch_size,
-        settings.seed,
-        settings.augment,
-        weights if settings.class_weight_power else None,
-    )
-    validation_data = make_dataset(validation.images, validation.labels, 256, settings.seed, False)
+    train_data, validation_data, _ = training_datasets(train, validation, num_classes, settings)
     tuner.search(train_data, validation_data=validation_data, epochs=epochs, verbose=settings.verbose)
     trials_done = []
     for trial in tuner.oracle.trials.values():

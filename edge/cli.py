@@ -130,27 +130,38 @@ def run_chain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _unreadable(path: Path) -> None:
-    print(f"warning: skipped {path}: unreadable or not an image", file=sys.stderr)
+class _Images:
+    """The readable images among files, folders and globs, as (path, BGR image); unreadable
+    ones are warned about and counted."""
+
+    def __init__(self, items: list[str]) -> None:
+        from edge.sources import image_inputs
+
+        self.paths = image_inputs(items)
+        self.read = 0
+        self.skipped = 0
+
+    def __iter__(self):
+        import cv2
+
+        for path in self.paths:
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                print(f"warning: skipped {path}: unreadable or not an image", file=sys.stderr)
+                self.skipped += 1
+                continue
+            self.read += 1
+            yield path, image
 
 
 def run_detect(args: argparse.Namespace) -> int:
-    import cv2
-
     from edge.chain import Chain, ChainSettings
     from edge.models import Detector
-    from edge.sources import image_inputs
 
     detector = Detector(args.model, args.threads, args.runtime)
     chain = Chain(detector, None, ChainSettings(tiling=args.tiling, score_threshold=args.score_threshold))
-    skipped = 0
-    paths = image_inputs(args.images)
-    for path in paths:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            _unreadable(path)
-            skipped += 1
-            continue
+    images = _Images(args.images)
+    for path, image in images:
         found = chain.detect(image)
         detections = [
             {
@@ -175,24 +186,15 @@ def run_detect(args: argparse.Namespace) -> int:
             print(f"{path}: {len(detections)} detections")
             for d in detections:
                 print(f"  {d['label']} {d['score']:.2f} at {d['box']}")
-    return 1 if skipped == len(paths) else 0
+    return 0 if images.read else 1
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    import cv2
-
     from edge.models import Classifier
-    from edge.sources import image_inputs
 
     classifier = Classifier(args.model, args.threads, args.runtime)
-    skipped = 0
-    paths = image_inputs(args.images)
-    for path in paths:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            _unreadable(path)
-            skipped += 1
-            continue
+    images = _Images(args.images)
+    for path, image in images:
         probabilities = classifier.classify([image], rotations=args.rotations)[0]
         best = int(probabilities.argmax())
         probs = {n: round(float(p), 4) for n, p in zip(classifier.labels, probabilities, strict=True)}
@@ -209,4 +211,4 @@ def run_classify(args: argparse.Namespace) -> int:
             )
         else:
             print(f"{path}: {classifier.labels[best]} {probabilities[best]:.2f}")
-    return 1 if skipped == len(paths) else 0
+    return 0 if images.read else 1

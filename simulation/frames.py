@@ -10,9 +10,7 @@ the smallest box holding 95% of the object's light along each axis, which holds 
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from annotations.records import Box, ImageAnnotation
 from annotations.voc import write_voc
 from galaxy_edge.schemes import get_scheme
 from simulation.morphology import GSPARAMS, make_galaxy
+from simulation.parallel import ordered_map
 from simulation.render import (
     STAR_COLORS,
     StarDrawer,
@@ -411,23 +410,12 @@ def simulate_frames(
     """Write n frames with labelImg XML into out, and truth.csv for all of them."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    workers = workers or os.cpu_count() or 1
     jobs = [(settings, [i], str(out)) for i in range(n)]
     truths: list[TruthObject] = []
-    if workers == 1 or n == 1:
-        results = map(_write_chunk, jobs)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers)
-        results = pool.map(_write_chunk, jobs)
-    try:
-        for done in results:
-            truths += done
-            if progress:
-                progress(1)
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    for done in ordered_map(_write_chunk, jobs, workers):
+        truths += done
+        if progress:
+            progress(1)
     truth_path = out / "truth.csv"
     with truth_path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=TRUTH_FIELDS)

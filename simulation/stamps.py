@@ -7,9 +7,7 @@ worker processes.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 
 from galaxy_edge.schemes import get_scheme
 from simulation.morphology import make_galaxy
+from simulation.parallel import ordered_map
 from simulation.render import STAR_COLORS, draw_galaxy, draw_star, lupton_parameters, seeing_psf, to_uint8
 
 SKY_COLOR = np.array([1.0, 0.9, 0.65])
@@ -135,28 +134,17 @@ def render_stamps(
     labels = class_labels(n, settings.scheme, settings.balanced, settings.seed)
     images = np.zeros((n, settings.size, settings.size, 3), np.uint8)
     truths: list[dict] = [{}] * n
-    workers = workers or os.cpu_count() or 1
     chunk = 32
     jobs = [
         (settings, list(range(s, min(s + chunk, n))), labels[s : s + chunk].tolist())
         for s in range(0, n, chunk)
     ]
-    if workers == 1 or n <= chunk:
-        results = map(_render_chunk, jobs)
-        pool = None
-    else:
-        pool = ProcessPoolExecutor(max_workers=workers)
-        results = pool.map(_render_chunk, jobs)
-    try:
-        for job, done in zip(jobs, results, strict=True):
-            for i, (image, truth) in zip(job[1], done, strict=True):
-                images[i] = image
-                truths[i] = truth
-            if progress:
-                progress(len(job[1]))
-    finally:
-        if pool is not None:
-            pool.shutdown()
+    for job, done in zip(jobs, ordered_map(_render_chunk, jobs, workers), strict=True):
+        for i, (image, truth) in zip(job[1], done, strict=True):
+            images[i] = image
+            truths[i] = truth
+        if progress:
+            progress(len(job[1]))
     return images, labels, truths
 
 
