@@ -20,6 +20,7 @@ VERB_MODULES = (
     "annotations.cli",
     "simulation.cli",
     "classification.cli",
+    "export.cli",
     "edge.cli",
 )
 

@@ -1,0 +1,88 @@
+"""`galaxy-edge export MODEL.keras --to float32|float16|int8`: TFLite, model card, reports."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
+    export = verbs.add_parser(
+        "export",
+        help="convert a trained Keras classifier to TFLite (int8 for the Pi and Coral) with its model card",
+        formatter_class=formatter,
+        epilog="example:\n  galaxy-edge export runs/classifier/classifier.keras --to int8 --data data/sim.h5 "
+        "--out models/galaxy10_classifier_int8.tflite",
+    )
+    export.add_argument("model", type=Path, help="a .keras model from `galaxy-edge train`")
+    export.add_argument("--to", choices=("float32", "float16", "int8"), default="int8")
+    export.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="labelled .h5 or class folders: calibration images for int8 and the parity check",
+    )
+    export.add_argument("--scheme", choices=("decals", "sdss"))
+    export.add_argument("--calibration-count", type=int, default=300, help="representative images for int8")
+    export.add_argument(
+        "--parity-count", type=int, default=2000, help="images for the float/int8 parity report"
+    )
+    export.add_argument(
+        "--out", type=Path, required=True, help="the .tflite to write (card and report beside it)"
+    )
+    export.set_defaults(handler=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import keras
+    import numpy as np
+
+    from classification.data import load_dataset
+    from export.card import write_classifier_card
+    from export.reports import classifier_parity, edgetpu_readiness, write_report
+    from export.tflite import convert
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    if not args.model.is_file():
+        raise GalaxyEdgeError(f"{args.model}: no such model")
+    model = keras.models.load_model(args.model)
+    size = int(model.input_shape[1])
+    data = load_dataset(args.data, size, args.scheme)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(convert(model, args.to, data.images, args.calibration_count))
+    summary_path = args.model.with_suffix(".json")
+    training = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    training.pop("history", None)
+    extra = {"calibration": {"count": args.calibration_count, "source": str(args.data)}}
+    # The runtime that the parity check drives reads the card, so it is written first, then
+    # again with the measured metrics.
+    write_classifier_card(args.out, data.scheme, training=training, extra=extra)
+    chosen = np.random.default_rng(1).permutation(len(data))[: args.parity_count]
+    parity = classifier_parity(model, args.out, data.images[chosen], data.labels[chosen], data.scheme)
+    readiness = edgetpu_readiness(args.out) if args.to == "int8" else None
+    metrics = {
+        "float32_accuracy": parity["float_accuracy"],
+        f"{args.to}_accuracy": parity["int8_accuracy"],
+        "top1_agreement": parity["top1_agreement"],
+        "evaluated_on": str(args.data),
+        "evaluated_count": parity["count"],
+    }
+    card = write_classifier_card(args.out, data.scheme, training=training, metrics=metrics, extra=extra)
+    report_json, report_md = write_report(
+        {"model": str(args.out), "parity": parity, "edgetpu": readiness},
+        args.out.with_name(args.out.stem + "_report.json"),
+    )
+    size_kb = args.out.stat().st_size / 1024
+    print(f"wrote {args.out} ({size_kb:.0f} KB) and {card}")
+    print(
+        f"float accuracy {parity['float_accuracy']:.4f}, {args.to} accuracy {parity['int8_accuracy']:.4f}, "
+        f"top-1 agreement {parity['top1_agreement']:.4f} on {parity['count']} images"
+    )
+    if readiness is not None:
+        print(
+            f"Edge TPU ready: {'yes' if readiness['ready'] else 'no'}"
+            + "".join(f"\n  {p}" for p in readiness["problems"])
+        )
+    print(f"report: {report_json}, {report_md}")
+    return 0

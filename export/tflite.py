@@ -1,0 +1,59 @@
+"""Keras model -> TFLite with TFLiteConverter: float32, float16, or full-integer int8 (int8
+input and output, int8 builtin ops only: what a Coral Edge TPU and XNNPACK want).
+
+The batch is fixed to 1 (a dynamic batch loses XNNPACK's fast path), and the input takes raw
+0-255 pixels: the model's own Rescaling folds into the int8 input quantization.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+REPRESENTATIVE_COUNT = 300  # calibration images for int8: enough to pin every activation range
+
+
+def fixed_batch(model):
+    """The same model behind an input whose batch is fixed to 1 (weights shared, not copied)."""
+    import keras
+
+    image = keras.Input(model.input_shape[1:], batch_size=1, name="image")
+    return keras.Model(image, model(image, training=False), name=model.name)
+
+
+def convert(
+    model,
+    to: str = "int8",
+    representative: np.ndarray | None = None,
+    count: int = REPRESENTATIVE_COUNT,
+    seed: int = 0,
+) -> bytes:
+    """The .tflite bytes of a single-input Keras model.
+
+    representative: uint8 images (N, H, W, 3) drawn from the training data; `count` of them,
+    chosen at random with `seed`, calibrate the int8 ranges.
+    """
+    import tensorflow as tf
+
+    if to not in ("float32", "float16", "int8"):
+        raise ValueError(f"unknown target {to!r}")
+    converter = tf.lite.TFLiteConverter.from_keras_model(fixed_batch(model))
+    if to == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif to == "int8":
+        if representative is None or len(representative) == 0:
+            raise ValueError("int8 conversion needs representative images from the training data")
+        chosen = np.random.default_rng(seed).permutation(len(representative))[:count]
+
+        def dataset() -> Iterator[list[np.ndarray]]:
+            for index in chosen:
+                yield [representative[index][None].astype(np.float32)]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = dataset
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()

@@ -1,0 +1,73 @@
+"""Export: int8 conversion of a small CNN, the model card the runtime reads, parity and
+Edge TPU readiness reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from classification.model import CNNConfig, build_cnn
+from edge.interpreter import load_interpreter
+from edge.models import Classifier
+from export.card import write_classifier_card
+from export.reports import classifier_parity, edgetpu_readiness, write_report
+from export.tflite import convert
+
+
+@pytest.fixture(scope="module")
+def small_cnn():
+    config = CNNConfig(input_size=32, filters=[8, 16], kernel_sizes=[3, 3], dense_units=16)
+    model = build_cnn(config)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (64, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 64)
+    model.fit(images, labels, epochs=2, batch_size=16, verbose=0)  # moves batch-norm statistics off defaults
+    return model, images, labels
+
+
+@pytest.mark.parametrize("target", ["float32", "float16", "int8"])
+def test_conversion_targets(small_cnn, target: str, tmp_path: Path) -> None:
+    model, images, _ = small_cnn
+    path = tmp_path / f"m_{target}.tflite"
+    path.write_bytes(convert(model, target, images, count=32))
+    interpreter = load_interpreter(path)
+    detail = interpreter.get_input_details()[0]
+    assert list(detail["shape"]) == [1, 32, 32, 3]
+    expected = np.int8 if target == "int8" else np.float32
+    assert detail["dtype"] == expected and interpreter.get_output_details()[0]["dtype"] == expected
+
+
+def test_int8_model_card_runtime_and_reports(small_cnn, tmp_path: Path) -> None:
+    model, images, labels = small_cnn
+    path = tmp_path / "galaxy10_classifier_int8.tflite"
+    path.write_bytes(convert(model, "int8", images, count=32))
+    card_path = write_classifier_card(path, "decals", training={"epochs": 2}, metrics={"note": "test"})
+    card = json.loads(card_path.read_text())
+    assert card["task"] == "classifier" and len(card["labels"]) == 10 and card["input"]["dtype"] == "int8"
+    assert card["file"]["size_bytes"] == path.stat().st_size and len(card["file"]["sha256"]) == 64
+    runtime = Classifier(path)
+    probabilities = runtime.classify([np.ascontiguousarray(images[0][..., ::-1])])
+    assert probabilities.shape == (1, 10) and abs(float(probabilities.sum()) - 1) < 0.05
+    parity = classifier_parity(model, path, images, labels, "decals")
+    assert 0 <= parity["top1_agreement"] <= 1 and parity["count"] == 64
+    assert parity["max_probability_difference"] < 0.5
+    readiness = edgetpu_readiness(path)
+    assert readiness["ready"], readiness["problems"]
+    assert {"CONV_2D", "MAX_POOL_2D"} <= set(readiness["ops"]) and "DELEGATE" not in readiness["ops"]
+    _json_path, markdown = write_report(
+        {"model": str(path), "parity": parity, "edgetpu": readiness}, tmp_path / "report.json"
+    )
+    assert "Top-1 agreement" in markdown.read_text() and "edgetpu_compiler" in markdown.read_text()
+
+
+def test_float_model_is_not_edgetpu_ready(small_cnn, tmp_path: Path) -> None:
+    model, _images, _ = small_cnn
+    path = tmp_path / "float.tflite"
+    path.write_bytes(convert(model, "float32"))
+    readiness = edgetpu_readiness(path)
+    assert not readiness["ready"] and any("float32" in p for p in readiness["problems"])
