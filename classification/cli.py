@@ -101,6 +101,13 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         help="also run the real GZ2 spiral check (default folder ../shared/data/gz2_kaggle_1400)",
     )
     evaluate.add_argument("--rotations", action="store_true", help="also report test-time rotation averaging")
+    evaluate.add_argument(
+        "--gradcam",
+        type=int,
+        default=0,
+        metavar="N",
+        help="save Grad-CAM overlays for N images of --data under OUT/gradcam",
+    )
     evaluate.add_argument("--out", type=Path, required=True)
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -189,6 +196,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     import keras
+    import numpy as np
 
     from classification.data import load_dataset
     from classification.evaluate import (
@@ -231,6 +239,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 f"with 8 rotations and flips: accuracy {rotated['accuracy']:.4f} "
                 f"({rotated['accuracy'] - metrics['accuracy']:+.4f}) at 8x the cost"
             )
+    if args.gradcam and args.data:
+        from classification.gradcam import save_gradcams
+        from galaxy_edge.schemes import get_scheme
+
+        chosen = np.random.default_rng(0).permutation(len(dataset))[: args.gradcam]
+        saved = save_gradcams(
+            model,
+            dataset.images[chosen],
+            dataset.labels[chosen],
+            list(get_scheme(scheme).names),
+            args.out / "gradcam",
+        )
+        print(f"{len(saved)} Grad-CAM overlays in {args.out / 'gradcam'}")
     if args.gz2:
         folder = DEFAULT_GZ2_DIR if args.gz2 == "default" else Path(args.gz2)
         gz2 = load_gz2(folder, size=size)

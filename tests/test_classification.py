@@ -232,3 +232,22 @@ def test_tuning_respects_the_budget_and_resumes(tmp_path: Path) -> None:
         data, data, tmp_path, trials=3, epochs=1, budget=20_000, settings=settings, input_size=24
     )
     assert len(again["trials"]) == len(result["trials"])  # resumed: nothing ran twice
+
+
+def test_gradcam_heat_map_has_the_crop_shape_and_unit_range(tmp_path: Path) -> None:
+    from classification.gradcam import gradcam, last_conv_layer, save_gradcams
+
+    model = build_cnn(CNNConfig(input_size=32, filters=[8, 16], kernel_sizes=[3, 3], dense_units=0))
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[12:20, 12:20] = 200
+    assert last_conv_layer(model) == "relu1"
+    cam, index, probability = gradcam(model, image)
+    assert (
+        cam.shape == (32, 32)
+        and cam.min() >= 0
+        and cam.max() <= 1
+        and 0 <= index < 10
+        and 0 < probability < 1
+    )
+    saved = save_gradcams(model, image[None], np.array([3]), [f"c{i}" for i in range(10)], tmp_path)
+    assert len(saved) == 1 and saved[0].name.startswith("000_true-c3_pred-")
