@@ -80,6 +80,12 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         help="0: no class weights, 1: inverse frequency; between: partial rebalancing",
     )
     train.add_argument("--no-augment", action="store_true")
+    train.add_argument(
+        "--strategy",
+        choices=("default", "mirrored"),
+        default="default",
+        help="tf.distribute: mirrored replicates over every local device (GPUs)",
+    )
     train.add_argument("--out", type=Path, required=True)
     train.set_defaults(handler=run_train)
 
@@ -176,6 +182,7 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         class_weight_power=args.class_weight_power,
         augment=not args.no_augment,
+        strategy=args.strategy,
     )
     model = train_classifier(train, validation, config, settings, args.out, initial)
     metrics = classification_metrics(predict(model, test.images), test.labels, dataset.scheme)

@@ -25,6 +25,7 @@ class TrainSettings:
     augment: bool = True
     patience: int = 6
     verbose: int = 2
+    strategy: str = "default"  # default | mirrored (all local devices)
 
 
 def class_weights(labels: np.ndarray, num_classes: int, power: float) -> dict[int, float]:
@@ -56,7 +57,15 @@ def augmentation(seed: int):
     )
 
 
-def make_dataset(images: np.ndarray, labels: np.ndarray, batch: int, seed: int, augment: bool, weights=None):
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch: int,
+    seed: int,
+    augment: bool,
+    weights=None,
+    whole_batches=False,
+):
     import tensorflow as tf
 
     sample_weights = np.array([weights[int(y)] for y in labels], np.float32) if weights else None
@@ -64,7 +73,8 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch: int, seed: int, 
     dataset = tf.data.Dataset.from_tensor_slices(tensors)
     if augment:
         dataset = dataset.shuffle(min(len(labels), 20_000), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch)
+    # Replicas of a distributed run must see equal batches: the ragged last one is dropped.
+    dataset = dataset.batch(batch, drop_remainder=whole_batches)
     if augment:
         augmenter = augmentation(seed)
 
@@ -80,6 +90,7 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, batch: int, seed: int, 
 def training_datasets(train: ImageSet, validation: ImageSet, num_classes: int, settings: TrainSettings):
     """(training dataset, validation dataset, class weights) as train and tune use them."""
     weights = class_weights(train.labels, num_classes, settings.class_weight_power)
+    whole = settings.strategy != "default"
     train_data = make_dataset(
         train.images,
         train.labels,
@@ -87,9 +98,27 @@ def training_datasets(train: ImageSet, validation: ImageSet, num_classes: int, s
         settings.seed,
         settings.augment,
         weights if settings.class_weight_power else None,
+        whole_batches=whole,
     )
-    validation_data = make_dataset(validation.images, validation.labels, 256, settings.seed, False)
+    validation_batch = min(256, settings.batch_size) if whole else 256
+    validation_data = make_dataset(
+        validation.images, validation.labels, validation_batch, settings.seed, False, whole_batches=whole
+    )
     return train_data, validation_data, weights
+
+
+def distribution_strategy(name: str):
+    """tf.distribute strategy by name: "mirrored" replicates over every local device (GPUs).
+
+    Multi-worker training (MultiWorkerMirroredStrategy) is not offered: with Keras 3.15 and
+    TensorFlow 2.21 even a plain Model.fit under it fails ("Attempt to convert a value
+    (PerReplica...)"), reproduced here with two workers on 127.0.0.1.
+    """
+    import tensorflow as tf
+
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
 
 
 def train_classifier(
@@ -105,9 +134,11 @@ def train_classifier(
     import keras
 
     keras.utils.set_random_seed(settings.seed)
+    strategy = distribution_strategy(settings.strategy)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = initial_model or build_cnn(config)
+    with strategy.scope():
+        model = initial_model or build_cnn(config)
     train_data, validation_data, weights = training_datasets(train, validation, config.num_classes, settings)
     best = out / "classifier.keras"
     callbacks = [

@@ -251,3 +251,17 @@ def test_gradcam_heat_map_has_the_crop_shape_and_unit_range(tmp_path: Path) -> N
     )
     saved = save_gradcams(model, image[None], np.array([3]), [f"c{i}" for i in range(10)], tmp_path)
     assert len(saved) == 1 and saved[0].name.startswith("000_true-c3_pred-")
+
+
+def test_mirrored_strategy_trains_and_saves(tmp_path: Path) -> None:
+    from classification.data import ImageSet
+    from classification.train import TrainSettings, train_classifier
+
+    rng = np.random.default_rng(0)
+    data = ImageSet(
+        rng.integers(0, 255, (40, 24, 24, 3), dtype=np.uint8), np.arange(40) % 10, "decals", "random"
+    )
+    config = CNNConfig(input_size=24, filters=[8], kernel_sizes=[3], dense_units=0)
+    settings = TrainSettings(epochs=1, batch_size=8, augment=False, verbose=0, strategy="mirrored")
+    model = train_classifier(data, data, config, settings, tmp_path)
+    assert (tmp_path / "classifier.keras").is_file() and model.count_params() == count_parameters(config)
