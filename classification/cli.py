@@ -97,7 +97,25 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "--data data/sim_test.h5 --gz2 --out runs/classifier/eval",
     )
     evaluate.add_argument("--classifier", action="store_true", required=True)
-    evaluate.add_argument("--model", type=Path, required=True, help=".keras model")
+    evaluate.add_argument(
+        "--model",
+        type=Path,
+        nargs="+",
+        help=".keras model; several: a weighted ensemble (weights fitted on half of --data, "
+        "reported on the other half)",
+    )
+    evaluate.add_argument(
+        "--kfold", type=int, metavar="K", help="k-fold cross-validation of --configs on --data"
+    )
+    evaluate.add_argument(
+        "--configs",
+        type=Path,
+        nargs=2,
+        metavar=("A", "B"),
+        help="two hyperparameter files (tuning.json or classifier.json) to compare with --kfold",
+    )
+    evaluate.add_argument("--epochs", type=int, default=10, help="training epochs per fold with --kfold")
+    evaluate.add_argument("--size", type=int, default=69, help="input size with --kfold")
     evaluate.add_argument("--data", type=Path, help="labelled .h5 or class folders (all of it is evaluated)")
     evaluate.add_argument("--scheme", choices=("decals", "sdss"))
     evaluate.add_argument(
@@ -216,15 +234,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from galaxy_edge.errors import GalaxyEdgeError
     from galaxy_edge.gz2 import DEFAULT_GZ2_DIR, load_gz2
 
-    if not args.model.is_file():
-        raise GalaxyEdgeError(f"{args.model}: no such model")
-    model = keras.models.load_model(args.model)
+    if args.kfold:
+        return _run_kfold(args)
+    if not args.model:
+        raise GalaxyEdgeError("give --model (one, or several for an ensemble), or --kfold with --configs")
+    for path in args.model:
+        if not path.is_file():
+            raise GalaxyEdgeError(f"{path}: no such model")
+    models = [keras.models.load_model(path) for path in args.model]
+    model = models[0]
     size = int(model.input_shape[1])
     scheme = args.scheme
-    report: dict = {"model": str(args.model)}
+    report: dict = {"model": [str(p) for p in args.model]}
     if args.data:
         dataset = load_dataset(args.data, size, scheme)
         scheme = dataset.scheme
+        if len(models) > 1:
+            model, dataset, report["ensemble"] = _fit_ensemble(models, dataset)
         metrics = classification_metrics(predict(model, dataset.images), dataset.labels, scheme)
         report["data"] = {"source": str(args.data), **metrics}
         args.out.mkdir(parents=True, exist_ok=True)
@@ -271,4 +297,75 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
     path = write_report(report, args.out)
     print(f"report in {path}")
+    return 0
+
+
+class _Ensemble:
+    """Weighted mean of several models' probabilities, with the predict() the evaluation uses."""
+
+    def __init__(self, models, weights) -> None:
+        self.models, self.weights = models, weights
+        self.input_shape, self.output_shape = models[0].input_shape, models[0].output_shape
+
+    def predict(self, images, batch_size=256, verbose=0):
+        from classification.compare import ensemble
+
+        return ensemble(
+            [m.predict(images, batch_size=batch_size, verbose=verbose) for m in self.models], self.weights
+        )
+
+
+def _fit_ensemble(models, dataset):
+    import numpy as np
+
+    from classification.compare import fit_ensemble_weights
+
+    order = np.random.default_rng(0).permutation(len(dataset))
+    fit, held = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
+    probabilities = [m.predict(dataset.images[fit], batch_size=256, verbose=0) for m in models]
+    weights = fit_ensemble_weights(probabilities, dataset.labels[fit])
+    singles = [
+        float((m.predict(dataset.images[held], verbose=0).argmax(1) == dataset.labels[held]).mean())
+        for m in models
+    ]
+    print(
+        f"ensemble weights {np.round(weights, 3).tolist()} (fitted on {len(fit)} images); single-model "
+        f"accuracies on the other {len(held)}: {np.round(singles, 4).tolist()}"
+    )
+    info = {"weights": weights.tolist(), "fitted_on": len(fit), "single_accuracies": singles}
+    return _Ensemble(models, weights), dataset.subset(held), info
+
+
+def _run_kfold(args: argparse.Namespace) -> int:
+    from classification.compare import cross_validate
+    from classification.data import load_dataset
+    from classification.evaluate import write_report
+    from classification.model import CNNConfig
+    from classification.train import TrainSettings
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    if not args.data or not args.configs:
+        raise GalaxyEdgeError("--kfold needs --data and --configs A B")
+    dataset = load_dataset(args.data, args.size, args.scheme)
+    configs = {}
+    for path in args.configs:
+        values = json.loads(path.read_text())
+        config = CNNConfig.from_dict(values.get("best_config") or values.get("config") or values)
+        config.input_size, config.num_classes = args.size, len(dataset.counts())
+        configs[path.stem if path.stem not in configs else str(path)] = config
+    settings = TrainSettings(epochs=args.epochs, verbose=0)
+    result = cross_validate(
+        dataset,
+        configs,
+        args.kfold,
+        settings,
+        args.out / "folds",
+        progress=lambda f, n, a: print(f"fold {f}: {n} accuracy {a:.4f}", file=sys.stderr),
+    )
+    for name in configs:
+        mean, spread = result["mean"][name], result["std"][name]
+        print(f"{name}: accuracy {mean:.4f} +- {spread:.4f} over {args.kfold} folds")
+    if "wilcoxon" in result:
+        print(f"Wilcoxon signed-rank p = {result['wilcoxon']['p_value']:.4f} ({result['wilcoxon']['note']})")
+    print(f"report in {write_report({'kfold': result}, args.out)}")
     return 0

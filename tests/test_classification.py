@@ -265,3 +265,53 @@ def test_mirrored_strategy_trains_and_saves(tmp_path: Path) -> None:
     settings = TrainSettings(epochs=1, batch_size=8, augment=False, verbose=0, strategy="mirrored")
     model = train_classifier(data, data, config, settings, tmp_path)
     assert (tmp_path / "classifier.keras").is_file() and model.count_params() == count_parameters(config)
+
+
+def test_ensemble_weights_prefer_the_better_model() -> None:
+    from classification.compare import ensemble, fit_ensemble_weights
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 400)
+    good = np.full((400, 3), 0.1)
+    good[np.arange(400), labels] = 0.8
+    noise = rng.dirichlet(np.ones(3), 400)
+    weights = fit_ensemble_weights([good, noise], labels)
+    assert weights[0] > 0.8 and abs(weights.sum() - 1) < 1e-9
+    assert np.allclose(ensemble([good, noise], [1.0, 0.0]), good)
+
+
+@pytest.mark.slow
+def test_kfold_comparison_with_wilcoxon(tmp_path: Path, run_cli) -> None:
+    rng = np.random.default_rng(0)
+    data = _write_h5(
+        tmp_path / "d.h5",
+        rng.integers(0, 255, (60, 24, 24, 3), dtype=np.uint8),
+        (np.arange(60) % 10).astype(np.uint8),
+    )
+    for name, filters in (("a", [8]), ("b", [4, 8])):
+        (tmp_path / f"{name}.json").write_text(
+            json.dumps({"config": {"filters": filters, "kernel_sizes": [3] * len(filters), "dense_units": 0}})
+        )
+    code, out, err = run_cli(
+        "evaluate",
+        "--classifier",
+        "--kfold",
+        "3",
+        "--configs",
+        tmp_path / "a.json",
+        tmp_path / "b.json",
+        "--data",
+        data,
+        "--size",
+        "24",
+        "--epochs",
+        "1",
+        "--scheme",
+        "decals",
+        "--out",
+        tmp_path / "cv",
+    )
+    assert code == 0, err
+    report = json.loads((tmp_path / "cv" / "evaluation.json").read_text())["kfold"]
+    assert len(report["accuracy"]["a"]) == 3 and len(report["accuracy"]["b"]) == 3
+    assert 0 <= report["wilcoxon"]["p_value"] <= 1 and "Wilcoxon" in out
