@@ -45,7 +45,10 @@ def augmentation(seed: int):
 
     return keras.Sequential(
         [
-            layers.RandomFlip("horizontal_and_vertical", seed=seed),
+            # A mirror, then any rotation: together every orientation and both windings of a
+            # spiral. (Keras 3's "horizontal_and_vertical" flips both axes at once, a half turn,
+            # never a mirror: a model trained with it learned the simulation's arm winding.)
+            layers.RandomFlip("horizontal", seed=seed),
             layers.RandomRotation(0.5, fill_mode="constant", seed=seed + 1),
             layers.RandomTranslation(0.06, 0.06, fill_mode="constant", seed=seed + 2),
             layers.RandomZoom((-0.12, 0.12), fill_mode="constant", seed=seed + 3),

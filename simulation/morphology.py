@@ -94,13 +94,20 @@ def spiral_arms(
 ) -> galsim.GSObject:
     """Logarithmic spiral arms on an exponential envelope, with star-forming knots on the ridges.
 
-    Arm phase: m * (phi - ln(r / r_in) / tan(pitch)) - m * start; arms start at r_in.
+    Arm phase: m * (phi - s ln(r / r_in) / tan(pitch)) - m * start, s = +1 or -1 (the winding
+    sense); arms start at r_in.
     """
     extent = 5.0 * scale_radius
     xx, yy, scale = _grid(extent)
     radius = np.hypot(xx, yy) + 1e-6
     phi = np.arctan2(yy, xx)
-    winding = np.log(np.maximum(radius, inner_radius * 0.5) / inner_radius) / np.tan(np.radians(pitch_deg))
+    # Trailing arms wind either way as seen from Earth (S- or Z-shaped): the sense is random.
+    chirality = 1.0 if rng.random() < 0.5 else -1.0
+    winding = (
+        chirality
+        * np.log(np.maximum(radius, inner_radius * 0.5) / inner_radius)
+        / np.tan(np.radians(pitch_deg))
+    )
     phase = arms * (phi - winding - start_angle)
     sharpness = rng.uniform(1.5, 5.0)
     ridge = ((1 + np.cos(phase)) / 2) ** sharpness
@@ -113,7 +120,7 @@ def spiral_arms(
         knot_phi = (
             start_angle
             + 2 * np.pi * arm_index / arms
-            + np.log(knot_radius / inner_radius) / np.tan(np.radians(pitch_deg))
+            + chirality * np.log(knot_radius / inner_radius) / np.tan(np.radians(pitch_deg))
         )
         knot_sigma = rng.uniform(0.3, 0.8, knots) * max(scale, 0.4)
         knot_flux = rng.exponential(1.0, knots)

@@ -315,3 +315,15 @@ def test_kfold_comparison_with_wilcoxon(tmp_path: Path, run_cli) -> None:
     report = json.loads((tmp_path / "cv" / "evaluation.json").read_text())["kfold"]
     assert len(report["accuracy"]["a"]) == 3 and len(report["accuracy"]["b"]) == 3
     assert 0 <= report["wilcoxon"]["p_value"] <= 1 and "Wilcoxon" in out
+
+
+def test_augmentation_mirrors_and_rotates() -> None:
+    from classification.train import augmentation
+
+    image = np.zeros((1, 9, 9, 3), np.float32)
+    image[0, 1, 3] = 1.0  # off every symmetry axis
+    flip = augmentation(0).layers[0]
+    positions = {
+        tuple(np.argwhere(flip(image, training=True).numpy()[0, :, :, 0] == 1)[0]) for _ in range(100)
+    }
+    assert positions == {(1, 3), (1, 5)}  # itself and its mirror image, not a half turn
