@@ -9,22 +9,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from galaxy_edge.argtypes import split_fractions
+
 
 def _labels(value: str) -> list[str]:
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
         raise argparse.ArgumentTypeError("expected comma-separated class names, e.g. galaxy,star")
     return names
-
-
-def _fractions(value: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(v) for v in value.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1, got {value!r}") from None
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1, got {value!r}")
-    return parts
 
 
 def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
@@ -61,7 +53,7 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     )
     split.add_argument("folder", type=Path)
     split.add_argument("--out", type=Path, help="where train.txt/val.txt/test.txt go (default FOLDER/splits)")
-    split.add_argument("--fractions", type=_fractions, default=(0.8, 0.1, 0.1), help="train,val,test")
+    split.add_argument("--fractions", type=split_fractions, default=(0.8, 0.1, 0.1), help="train,val,test")
     split.add_argument("--seed", type=int, default=0)
     split.set_defaults(handler=run_split)
 

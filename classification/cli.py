@@ -10,14 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-
-def _fractions(value: str) -> tuple[float, float, float]:
-    parts = tuple(float(v) for v in value.split(","))
-    if len(parts) != 3 or abs(sum(parts) - 1) > 1e-6:
-        raise argparse.ArgumentTypeError(
-            f"expected three fractions summing to 1, like 0.8,0.1,0.1; got {value!r}"
-        )
-    return parts  # type: ignore[return-value]
+from galaxy_edge.argtypes import split_fractions
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +22,9 @@ def _data_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--scheme", choices=("decals", "sdss"), help="class scheme (default: from the data)")
     parser.add_argument("--size", type=int, default=69, help="model input size; images are resized to it")
-    parser.add_argument("--split", type=_fractions, default=(0.8, 0.1, 0.1), help="train,val,test fractions")
+    parser.add_argument(
+        "--split", type=split_fractions, default=(0.8, 0.1, 0.1), help="train,val,test fractions"
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 

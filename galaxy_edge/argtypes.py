@@ -1,0 +1,18 @@
+"""Argument types shared by the verbs' parsers (argparse only: no heavy imports)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def split_fractions(value: str) -> tuple[float, float, float]:
+    """`0.8,0.1,0.1`: train, validation and test fractions, non-negative, summing to 1."""
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1, got {value!r}") from None
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.8,0.1,0.1, got {value!r}")
+    if any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
+        raise argparse.ArgumentTypeError(f"fractions must be non-negative and summing to 1, got {value!r}")
+    return parts  # type: ignore[return-value]
