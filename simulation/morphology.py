@@ -109,7 +109,7 @@ def spiral_arms(
         / np.tan(np.radians(pitch_deg))
     )
     phase = arms * (phi - winding - start_angle)
-    sharpness = rng.uniform(1.5, 5.0)
+    sharpness = rng.uniform(1.0, 3.5)
     ridge = ((1 + np.cos(phase)) / 2) ** sharpness
     envelope = np.exp(-radius / scale_radius) * (1 - np.exp(-((radius / inner_radius) ** 3)))
     pattern = ridge * envelope
@@ -127,7 +127,7 @@ def spiral_arms(
         peak = pattern.max()
         for r, p, s, f in zip(knot_radius, knot_phi, knot_sigma, knot_flux, strict=True):
             kx, ky = r * np.cos(p), r * np.sin(p)
-            pattern += 0.5 * peak * f * np.exp(-((xx - kx) ** 2 + (yy - ky) ** 2) / (2 * s * s))
+            pattern += 0.3 * peak * f * np.exp(-((xx - kx) ** 2 + (yy - ky) ** 2) / (2 * s * s))
     return _interpolated(pattern, scale, flux)
 
 
@@ -218,7 +218,7 @@ def spiral(rng: np.random.Generator, hlr: float, pitch_range: tuple[float, float
         arms = int(rng.choice([2, 2, 2, 3, 4]))
     scale_radius = hlr / 1.678
     bulge_fraction = rng.uniform(0.05, 0.35)
-    arm_fraction = rng.uniform(0.15, 0.55) * (1 - bulge_fraction)
+    arm_fraction = rng.uniform(0.1, 0.45) * (1 - bulge_fraction)
     bar_fraction = rng.uniform(0.12, 0.25) if barred else 0.0
     disk_fraction = 1 - bulge_fraction - arm_fraction - bar_fraction
     start = rng.uniform(0, 2 * np.pi)

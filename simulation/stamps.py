@@ -52,7 +52,7 @@ def render_stamp(settings: StampSettings, index: int, label: int) -> tuple[np.nd
     class_name = get_scheme(settings.scheme).names[label]
     hlr = float(np.exp(rng.uniform(np.log(5.5), np.log(15.0)))) * unit
     galaxy = make_galaxy(settings.scheme, class_name, rng, hlr)
-    psf = seeing_psf(rng.uniform(1.8, 3.6) * unit)
+    psf = seeing_psf(rng.uniform(2.0, 4.0) * unit)
     linear = np.zeros((size, size, 3), np.float32)
     centre = size / 2 + rng.uniform(-0.5, 0.5, 2)
     draw_galaxy(linear, galaxy, psf, centre[0], centre[1], 1.0, stamp_size=size + (size % 2))
