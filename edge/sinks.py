@@ -24,7 +24,7 @@ UNCERTAIN = "uncertain"
 class JsonlSink:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.file = path.open("a", buffering=1)
+        self.file = path.open("w", buffering=1)  # one run per output folder
 
     def write(self, record: dict) -> None:
         self.file.write(json.dumps(record, separators=(",", ":")) + "\n")
