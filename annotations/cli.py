@@ -141,8 +141,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def _expand_images(items: list[Path]) -> list[Path]:
     from annotations.dataset import find_images
-    from annotations.propose import FITS_SUFFIXES
     from galaxy_edge.errors import GalaxyEdgeError
+    from galaxy_edge.files import FITS_SUFFIXES
 
     images: list[Path] = []
     for item in items:

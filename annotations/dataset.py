@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Literal
 
 from annotations.images import image_size
-from annotations.records import IMAGE_SUFFIXES, AnnotationError, ImageAnnotation
+from annotations.records import AnnotationError, ImageAnnotation
 from annotations.voc import read_voc
 from annotations.yolo import CLASSES_FILE, read_classes, read_yolo
+from galaxy_edge.files import IMAGE_SUFFIXES
 
 _IMAGE_DIR_NAMES = ("JPEGImages", "images", "Images", "img")
 _SAME_IMAGE_TYPES = ({".jpg", ".jpeg"}, {".tif", ".tiff"})

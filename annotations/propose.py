@@ -20,8 +20,7 @@ import numpy as np
 from annotations.records import AnnotationError, Box, ImageAnnotation
 from annotations.voc import write_voc
 from galaxy_edge.errors import GalaxyEdgeError, MissingDependencyError
-
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
+from galaxy_edge.files import FITS_SUFFIXES
 
 
 @dataclass

@@ -12,8 +12,6 @@ from pathlib import Path
 
 from galaxy_edge.errors import GalaxyEdgeError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
 
 class AnnotationError(GalaxyEdgeError):
     """An annotation file that cannot be used; str() is `PATH: reason`."""

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from galaxy_edge.errors import GalaxyEdgeError
+from galaxy_edge.files import IMAGE_SUFFIXES
 from galaxy_edge.schemes import get_scheme
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SIZE_TO_SCHEME = {69: "sdss", 256: "decals"}
 CHUNK = 512  # images resized per read, to bound memory on the 3.5 GB DECaLS file
 

@@ -17,10 +17,9 @@ import cv2
 import numpy as np
 
 from galaxy_edge.errors import GalaxyEdgeError
+from galaxy_edge.files import FITS_SUFFIXES, IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".webm", ".mpg", ".mpeg")
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz")
 STREAM_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
 
 
