@@ -26,6 +26,27 @@ class TrainSettings:
     patience: int = 6
     verbose: int = 2
     strategy: str = "default"  # default | mirrored (all local devices)
+    weak_weight: float = 1.0  # loss weight of a weakly labelled image relative to a labelled one
+    weak_repeat: int = 4  # weakly labelled images are few: each is seen this many times per epoch
+
+
+@dataclass
+class WeakSet:
+    """Images with a set of allowed classes each (e.g. 'one of the spiral classes')."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8
+    allowed: np.ndarray  # (N, classes) 0/1
+    source: str
+
+
+def allowed_set_crossentropy(y_true, y_pred):
+    """-log of the probability the model gives to the allowed classes. y_true is a 0/1 mask:
+    one-hot for an ordinary label (then this is the usual cross-entropy), several classes
+    for a weak label such as 'spiral, of whichever kind'."""
+    from keras import ops
+
+    allowed = ops.sum(y_true * y_pred, axis=-1)
+    return -ops.log(ops.clip(allowed, 1e-7, 1.0))
 
 
 def class_weights(labels: np.ndarray, num_classes: int, power: float) -> dict[int, float]:
@@ -68,10 +89,13 @@ def make_dataset(
     augment: bool,
     weights=None,
     whole_batches=False,
+    sample_weights: np.ndarray | None = None,
 ):
+    """labels: class indices, or (N, classes) allowed-class masks with sample_weights given."""
     import tensorflow as tf
 
-    sample_weights = np.array([weights[int(y)] for y in labels], np.float32) if weights else None
+    if sample_weights is None and weights:
+        sample_weights = np.array([weights[int(y)] for y in labels], np.float32)
     tensors = (images, labels) if sample_weights is None else (images, labels, sample_weights)
     dataset = tf.data.Dataset.from_tensor_slices(tensors)
     if augment:
@@ -124,6 +148,29 @@ def distribution_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
+def weak_datasets(
+    train: ImageSet, validation: ImageSet, weak: WeakSet, num_classes: int, settings: TrainSettings
+):
+    """Training data of labelled and weakly labelled images as allowed-class masks (one-hot
+    for the labelled ones), and the validation data (labelled only) likewise."""
+    weights = class_weights(train.labels, num_classes, settings.class_weight_power)
+    eye = np.eye(num_classes, dtype=np.float32)
+    repeat = max(1, settings.weak_repeat)
+    images = np.concatenate([train.images, *([weak.images] * repeat)])
+    masks = np.concatenate([eye[train.labels], *([weak.allowed.astype(np.float32)] * repeat)])
+    labelled_weights = np.array([weights[int(y)] for y in train.labels], np.float32)
+    if not settings.class_weight_power:
+        labelled_weights[:] = 1.0
+    sample_weights = np.concatenate(
+        [labelled_weights, np.full(len(weak.images) * repeat, settings.weak_weight, np.float32)]
+    )
+    train_data = make_dataset(
+        images, masks, settings.batch_size, settings.seed, settings.augment, sample_weights=sample_weights
+    )
+    validation_data = make_dataset(validation.images, eye[validation.labels], 256, settings.seed, False)
+    return train_data, validation_data, weights
+
+
 def train_classifier(
     train: ImageSet,
     validation: ImageSet,
@@ -131,9 +178,13 @@ def train_classifier(
     settings: TrainSettings,
     out: Path | str,
     initial_model=None,
+    weak: WeakSet | None = None,
 ):
     """Train and save the best model (by validation accuracy) as out/classifier.keras with
-    out/classifier.json (hyperparameters, data summary, history). Returns the model."""
+    out/classifier.json (hyperparameters, data summary, history). Returns the model.
+
+    weak: weakly labelled images (real GZ2 spiral / not spiral) trained alongside, with the
+    allowed-set cross-entropy."""
     import keras
 
     keras.utils.set_random_seed(settings.seed)
@@ -142,7 +193,19 @@ def train_classifier(
     out.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
         model = initial_model or build_cnn(config)
-    train_data, validation_data, weights = training_datasets(train, validation, config.num_classes, settings)
+    if weak is not None:
+        train_data, validation_data, weights = weak_datasets(
+            train, validation, weak, config.num_classes, settings
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=allowed_set_crossentropy,
+            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        )
+    else:
+        train_data, validation_data, weights = training_datasets(
+            train, validation, config.num_classes, settings
+        )
     best = out / "classifier.keras"
     callbacks = [
         keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", save_best_only=True),
@@ -173,10 +236,27 @@ def train_classifier(
             "train": train.counts(),
             "validation": validation.counts(),
             "source": train.source,
+            "weakly_labelled": None
+            if weak is None
+            else {
+                "source": weak.source,
+                "count": len(weak.images),
+                "allowed_per_class": weak.allowed.sum(0).tolist(),
+            },
         },
         "history": {k: [float(v) for v in values] for k, values in history.history.items()},
         "training_seconds": round(elapsed, 1),
         "best_val_accuracy": float(max(history.history.get("val_accuracy", [0.0]))),
     }
     (out / "classifier.json").write_text(json.dumps(summary, indent=1))
-    return keras.models.load_model(best) if best.exists() else model
+    if not best.exists():
+        return model
+    trained = keras.models.load_model(best, compile=False)
+    # Saved with the plain sparse cross-entropy, so that loading needs nothing of this module.
+    trained.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        metrics=["accuracy"],
+    )
+    trained.save(best)
+    return trained

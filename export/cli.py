@@ -21,12 +21,19 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "--data",
         type=Path,
         required=True,
-        help="labelled .h5 or class folders: calibration images for int8 and the parity check",
+        help="classifier: labelled .h5 or class folders; detector: a labelImg folder of frames; "
+        "calibration images for int8 and the parity check",
     )
     export.add_argument("--scheme", choices=("decals", "sdss"))
     export.add_argument("--calibration-count", type=int, default=300, help="representative images for int8")
     export.add_argument(
-        "--parity-count", type=int, default=2000, help="images for the float/int8 parity report"
+        "--parity-count",
+        type=int,
+        default=2000,
+        help="images (classifier) or frames (detector) for the float/int8 parity report",
+    )
+    export.add_argument(
+        "--score-threshold", type=float, default=0.35, help="detector: default score threshold in the card"
     )
     export.add_argument(
         "--out", type=Path, required=True, help="the .tflite to write (card and report beside it)"
@@ -35,6 +42,10 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from export.detector import is_detector
+
+    if is_detector(args.model):
+        return run_export_detector(args)
     import keras
     import numpy as np
 
@@ -78,6 +89,60 @@ def run_export(args: argparse.Namespace) -> int:
     print(
         f"float accuracy {parity['float_accuracy']:.4f}, {args.to} accuracy {parity['int8_accuracy']:.4f}, "
         f"top-1 agreement {parity['top1_agreement']:.4f} on {parity['count']} images"
+    )
+    if readiness is not None:
+        print(
+            f"Edge TPU ready: {'yes' if readiness['ready'] else 'no'}"
+            + "".join(f"\n  {p}" for p in readiness["problems"])
+        )
+    print(f"report: {report_json}, {report_md}")
+    return 0
+
+
+def run_export_detector(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from annotations.dataset import usable_pairs
+    from detection.evaluate import MAP_SCORE_THRESHOLD, coco_evaluation
+    from edge.models import Detector
+    from export.detector import detector_summary, export_detector, write_detector_card
+    from export.reports import edgetpu_readiness, write_report
+
+    summary = detector_summary(args.model)
+    export_detector(args.model, args.out, args.to, args.data, args.calibration_count, args.score_threshold)
+    pairs = usable_pairs(args.data)[: args.parity_count]
+    labels = summary["config"]["labels"]
+    parity = {"frames": len(pairs)}
+    with tempfile.TemporaryDirectory() as workdir:
+        reference = Path(workdir) / "float32.tflite"
+        export_detector(args.model, reference, "float32")
+        for name, path in (("float32", reference), (args.to, args.out)):
+            detector = Detector(path)
+            detector.score_threshold = MAP_SCORE_THRESHOLD
+            metrics, _ = coco_evaluation(detector, pairs, labels)
+            parity[name] = {k: metrics[k] for k in ("map50", "map", "ar10", "ar100")}
+    readiness = edgetpu_readiness(args.out) if args.to == "int8" else None
+    metrics = {
+        "evaluated_on": str(args.data),
+        "evaluated_frames": len(pairs),
+        **{f"{name}_{k}": v for name in ("float32", args.to) for k, v in parity[name].items()},
+    }
+    card = write_detector_card(
+        args.out,
+        summary,
+        args.score_threshold,
+        metrics=metrics,
+        extra={"calibration": {"count": args.calibration_count, "source": str(args.data)}},
+    )
+    report_json, report_md = write_report(
+        {"model": str(args.out), "parity": parity, "edgetpu": readiness},
+        args.out.with_name(args.out.stem + "_report.json"),
+    )
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB) and {card}")
+    print(
+        f"mAP@0.5 float32 {parity['float32']['map50']:.4f}, {args.to} {parity[args.to]['map50']:.4f}; "
+        f"mAP@0.5:0.95 float32 {parity['float32']['map']:.4f}, {args.to} {parity[args.to]['map']:.4f} "
+        f"on {len(pairs)} frames"
     )
     if readiness is not None:
         print(

@@ -58,3 +58,14 @@ def load_gz2(root: Path | str = DEFAULT_GZ2_DIR, limit: int | None = None, size:
         galaxy_ids=[r["galaxy_id"] for r in rows],
         top_answer=[r["top_answer_name"] for r in rows],
     )
+
+
+def weak_training_half(galaxy_ids: list[str]) -> np.ndarray:
+    """(N,) bool: the half of the GZ2 images that training may use as weakly labelled data.
+
+    Fixed by a hash of the galaxy id, so the other half stays held out for the real-data check
+    in every run, whatever the order or subset of the images.
+    """
+    import hashlib
+
+    return np.array([hashlib.sha1(g.encode()).digest()[0] % 2 == 0 for g in galaxy_ids], bool)

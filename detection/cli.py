@@ -1,0 +1,148 @@
+"""Detector options and handlers of `galaxy-edge train --detector` and `evaluate --detector`.
+
+The verbs themselves are registered in classification/cli.py (one `train`, one `evaluate`);
+only argparse here, TensorFlow is imported when a handler runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("detector options (--detector)")
+    group.add_argument("--val", type=Path, help="labelImg folder for validation (default: split from --data)")
+    group.add_argument("--labels", default="galaxy", help="comma-separated box labels to detect")
+    group.add_argument("--input-size", type=int, default=320, help="detector input side in pixels")
+    group.add_argument("--backbone", choices=("mobilenet_v2", "mobilenet_v3_small"), default="mobilenet_v2")
+    group.add_argument("--alpha", type=float, default=0.35, help="backbone width multiplier")
+    group.add_argument("--weights", type=Path, help="local ImageNet weights file for the backbone (optional)")
+    group.add_argument("--steps-per-epoch", type=int, default=200)
+    group.add_argument("--learning-rate", type=float, default=2e-3)
+    group.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        help="with --from: train the heads only (a few dozen frames of a new camera)",
+    )
+
+
+def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("detector options (--detector)")
+    group.add_argument(
+        "--sky-frame",
+        type=Path,
+        action="append",
+        default=[],
+        help="a real frame (no annotations) to draw the detections on, for a person to judge",
+    )
+    group.add_argument("--score-threshold", type=float, help="default: the model card's")
+    group.add_argument("--draw", type=int, default=6, help="draw misses and false positives of N frames")
+
+
+def _pairs(folder: Path):
+    from annotations.dataset import usable_pairs
+
+    return usable_pairs(folder)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import keras
+
+    from annotations.split import split_pairs
+    from detection.data import load_frames
+    from detection.model import DetectorConfig
+    from detection.train import DetectorTrainSettings, anchors_for, train_detector
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    labels = [name.strip() for name in args.labels.split(",") if name.strip()]
+    pairs = _pairs(args.data)
+    if args.val:
+        train_pairs, val_pairs = pairs, _pairs(args.val)
+    else:
+        split = split_pairs(pairs, args.split, args.seed)
+        chosen = {name: set(files) for name, files in split.files.items()}
+        train_pairs = [p for p in pairs if p[0] in chosen["train"]]
+        val_pairs = [p for p in pairs if p[0] in chosen["val"]]
+        if not val_pairs:
+            val_pairs = train_pairs[-1:]
+    print(f"{args.data}: {len(train_pairs)} training frames, {len(val_pairs)} validation", file=sys.stderr)
+    train_frames, val_frames = load_frames(train_pairs, labels), load_frames(val_pairs, labels)
+    initial = None
+    if args.initial:
+        if not args.initial.is_file():
+            raise GalaxyEdgeError(f"{args.initial}: no such model")
+        summary_path = args.initial.with_suffix(".json")
+        if not summary_path.is_file():
+            raise GalaxyEdgeError(f"{summary_path}: the detector's summary (anchors) is missing")
+        config = DetectorConfig.from_dict(json.loads(summary_path.read_text())["config"])
+        if config.labels != labels:
+            raise GalaxyEdgeError(f"{args.initial} detects {config.labels}, not {labels}")
+        initial = keras.models.load_model(args.initial, compile=False)
+    else:
+        config = DetectorConfig(
+            backbone=args.backbone,
+            alpha=args.alpha,
+            labels=labels,
+            anchors=anchors_for(train_frames, args.input_size),
+        )
+    if args.weights and not args.weights.is_file():
+        raise GalaxyEdgeError(f"{args.weights}: no such weights file")
+    settings = DetectorTrainSettings(
+        epochs=args.epochs or 40,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size or 16,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        freeze_backbone=args.freeze_backbone,
+    )
+    train_detector(
+        train_frames,
+        val_frames,
+        config,
+        settings,
+        args.out,
+        initial,
+        str(args.weights) if args.weights else None,
+    )
+    print(f"model {args.out / 'detector.keras'}, summary {args.out / 'detector.json'}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from detection.evaluate import evaluate_detector
+    from galaxy_edge.errors import GalaxyEdgeError
+    from galaxy_edge.gz2 import DEFAULT_GZ2_DIR
+
+    if not args.model or len(args.model) != 1:
+        raise GalaxyEdgeError("give one --model (.tflite with its card, or a .keras from train --detector)")
+    gz2 = None
+    if args.gz2:
+        gz2 = DEFAULT_GZ2_DIR if args.gz2 == "default" else Path(args.gz2)
+    report = evaluate_detector(
+        args.model[0],
+        data=args.data,
+        out=args.out,
+        gz2=gz2,
+        sky_frames=args.sky_frame,
+        score_threshold=args.score_threshold,
+        draw=args.draw,
+    )
+    coco = report.get("coco")
+    if coco:
+        print(
+            f"mAP@0.5 {coco['map50']:.4f}, mAP@0.5:0.95 {coco['map']:.4f}, AR@10 {coco['ar10']:.4f} "
+            f"on {report['data']['frames']} frames ({report['data']['boxes']} boxes)"
+        )
+    if "gz2_central" in report:
+        central = report["gz2_central"]
+        print(
+            f"real GZ2: central-galaxy recall {central['recall']:.4f} on {central['count']} images, "
+            f"{central['other_per_image']:.2f} other detections per image"
+        )
+    for drawn in report.get("sky_frames", []):
+        print(f"{drawn['frame']}: {drawn['detections']} detections drawn in {drawn['drawn']}")
+    print(f"report in {args.out / 'report.json'}")
+    return 0

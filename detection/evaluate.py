@@ -1,0 +1,260 @@
+"""Detector evaluation through the edge runtime (the same decoding, tiling and merging that
+runs on the device): COCO metrics with pycocotools, a precision-recall curve, drawn misses
+and false positives, and the real-data checks (GZ2 central galaxies, a real sky frame).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from galaxy_edge.errors import GalaxyEdgeError
+
+MAP_SCORE_THRESHOLD = 0.05  # COCO practice: keep low-score detections for the PR curve
+# A GZ2 target is plausible when its box's longer side spans 6-100 % of the 424-pixel image.
+CENTRAL_SIZE_RANGE = (0.06, 1.0)
+
+
+def open_detector(model_path: Path, workdir: Path):
+    """An edge Detector for a .tflite (with its card) or a .keras from `train --detector`
+    (converted to float32 TFLite in workdir first)."""
+    from edge.models import Detector
+
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise GalaxyEdgeError(f"{model_path}: no such model")
+    if model_path.suffix == ".keras":
+        from export.detector import export_detector
+
+        target = workdir / f"{model_path.stem}_float32.tflite"
+        export_detector(model_path, target, "float32")
+        model_path = target
+    return Detector(model_path)
+
+
+def detect_frame(detector, image_bgr: np.ndarray):
+    """The runtime's choice: tiles at native scale for big frames, else the whole frame."""
+    from edge.tiling import detect_tiled, needs_tiling
+
+    if needs_tiling(detector, image_bgr.shape):
+        return detect_tiled(detector, image_bgr)
+    return detector.detect_image(image_bgr)
+
+
+def coco_evaluation(detector, pairs: Sequence, labels: Sequence[str]) -> tuple[dict, list]:
+    """COCO metrics over (image, annotation) pairs and the per-image detections."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from annotations.coco import to_coco
+
+    annotations = [ann for _, ann in pairs]
+    dataset = to_coco(annotations, list(labels))
+    results, per_image = [], []
+    for image_id, (image_path, _) in enumerate(pairs, start=1):
+        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise GalaxyEdgeError(f"{image_path}: cannot read the image")
+        found = detect_frame(detector, image)
+        per_image.append(found)
+        for box, score, class_id in zip(found.boxes, found.scores, found.class_ids, strict=True):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(class_id) + 1,
+                    "bbox": [x1, y1, x2 - x1, y2 - y1],
+                    "score": float(score),
+                }
+            )
+    quiet = io.StringIO()
+    with contextlib.redirect_stdout(quiet):
+        truth = COCO()
+        truth.dataset = dataset
+        truth.createIndex()
+        found_coco = truth.loadRes(results) if results else None
+        if found_coco is None:
+            return {"map": 0.0, "map50": 0.0, "map75": 0.0, "ar1": 0.0, "ar10": 0.0, "ar100": 0.0}, per_image
+        evaluation = COCOeval(truth, found_coco, "bbox")
+        evaluation.params.maxDets = [1, 10, 100]
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    s = evaluation.stats
+    metrics = {
+        "map": float(s[0]),
+        "map50": float(s[1]),
+        "map75": float(s[2]),
+        "map_small": float(s[3]),
+        "map_medium": float(s[4]),
+        "map_large": float(s[5]),
+        "ar1": float(s[6]),
+        "ar10": float(s[7]),
+        "ar100": float(s[8]),
+        "ar_small": float(s[9]),
+        "ar_medium": float(s[10]),
+        "ar_large": float(s[11]),
+    }
+    # Precision at IoU 0.5 over the 101 recall points, all areas, 100 detections, first class.
+    metrics["pr_curve_iou50"] = [float(v) for v in evaluation.eval["precision"][0, :, 0, 0, 2]]
+    return metrics, per_image
+
+
+def save_pr_curve(precision: Sequence[float], path: Path, title: str) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    recall = np.linspace(0, 1, len(precision))
+    values = np.asarray(precision, float)
+    figure, axes = plt.subplots(figsize=(4.5, 4))
+    axes.plot(recall[values >= 0], values[values >= 0])
+    axes.set(xlabel="recall", ylabel="precision", title=title, xlim=(0, 1), ylim=(0, 1.02))
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def draw_errors(pairs: Sequence, per_image: Sequence, threshold: float, out: Path, count: int) -> list[Path]:
+    """For the `count` frames with most errors: truth in green (missed: red), detections above
+    the threshold in cyan (false positives: magenta)."""
+    from annotations.records import Box
+
+    scored = []
+    for (image_path, ann), found in zip(pairs, per_image, strict=True):
+        keep = found.scores >= threshold
+        boxes = found.boxes[keep]
+        truth = [b for b in ann.boxes if not b.difficult and b.name != "star"]
+        matched_truth, matched_found = set(), set()
+        for i, t in enumerate(truth):
+            for j, b in enumerate(boxes):
+                if j not in matched_found and t.iou(Box("", *b.tolist())) >= 0.5:
+                    matched_truth.add(i)
+                    matched_found.add(j)
+                    break
+        misses = [t for i, t in enumerate(truth) if i not in matched_truth]
+        false = [b for j, b in enumerate(boxes) if j not in matched_found]
+        scored.append((len(misses) + len(false), image_path, truth, misses, boxes, false))
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for errors, image_path, truth, misses, boxes, false in sorted(scored, key=lambda s: -s[0])[:count]:
+        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        for t in truth:
+            color = (0, 0, 255) if t in misses else (0, 200, 0)
+            cv2.rectangle(image, (int(t.xmin), int(t.ymin)), (int(t.xmax), int(t.ymax)), color, 1)
+        false_ids = {id(b) for b in false}
+        for b in boxes:
+            color = (255, 0, 255) if id(b) in false_ids else (255, 255, 0)
+            cv2.rectangle(image, (int(b[0]) - 2, int(b[1]) - 2), (int(b[2]) + 2, int(b[3]) + 2), color, 1)
+        target = out / f"{Path(image_path).stem}_errors{errors}.jpg"
+        cv2.imwrite(str(target), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        written.append(target)
+    return written
+
+
+def gz2_central_recall(detector, folder: Path, threshold: float) -> dict:
+    """Real GZ2 check: the fraction of images with a detection that contains the image centre
+    and has a plausible size, and the number of other detections per image."""
+    from galaxy_edge.files import IMAGE_SUFFIXES
+
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise GalaxyEdgeError(f"{folder}: no images")
+    hits, others, missed = 0, 0, []
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise GalaxyEdgeError(f"{path}: cannot read the image")
+        height, width = image.shape[:2]
+        found = detect_frame(detector, image)
+        boxes = found.boxes[found.scores >= threshold]
+        cx, cy = width / 2, height / 2
+        contains = (boxes[:, 0] <= cx) & (boxes[:, 2] >= cx) & (boxes[:, 1] <= cy) & (boxes[:, 3] >= cy)
+        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / max(width, height)
+        plausible = contains & (side >= CENTRAL_SIZE_RANGE[0]) & (side <= CENTRAL_SIZE_RANGE[1])
+        if plausible.any():
+            hits += 1
+            others += len(boxes) - 1
+        else:
+            others += len(boxes)
+            missed.append(path.name)
+    return {
+        "count": len(paths),
+        "recall": hits / len(paths),
+        "other_per_image": others / len(paths),
+        "threshold": threshold,
+        "missed_examples": missed[:20],
+    }
+
+
+def draw_sky_frame(detector, frame_path: Path, out: Path, threshold: float) -> dict:
+    from galaxy_edge.draw import draw_boxes
+
+    image = cv2.imread(str(frame_path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise GalaxyEdgeError(f"{frame_path}: cannot read the image")
+    found = detect_frame(detector, image)
+    keep = found.scores >= threshold
+    labels = [f"{s:.2f}" for s in found.scores[keep]]
+    drawn = draw_boxes(image, found.boxes[keep], labels, [(255, 255, 0)] * len(labels))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), drawn, [cv2.IMWRITE_JPEG_QUALITY, 88])
+    return {"frame": str(frame_path), "detections": int(keep.sum()), "drawn": str(out)}
+
+
+def evaluate_detector(
+    model_path: Path,
+    data: Path | None,
+    out: Path,
+    gz2: Path | None = None,
+    sky_frames: Sequence[Path] = (),
+    score_threshold: float | None = None,
+    draw: int = 6,
+) -> dict:
+    from annotations.dataset import usable_pairs
+
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict = {"model": str(model_path)}
+    with tempfile.TemporaryDirectory() as workdir:
+        detector = open_detector(Path(model_path), Path(workdir))
+        threshold = score_threshold if score_threshold is not None else detector.score_threshold
+        report["score_threshold"] = threshold
+        if data:
+            pairs = usable_pairs(data)
+            detector.score_threshold = MAP_SCORE_THRESHOLD
+            print(f"evaluating on {len(pairs)} frames of {data}", file=sys.stderr)
+            metrics, per_image = coco_evaluation(detector, pairs, detector.labels)
+            report["coco"] = metrics
+            report["data"] = {
+                "source": str(data),
+                "frames": len(pairs),
+                "boxes": sum(len(ann.boxes) for _, ann in pairs),
+            }
+            save_pr_curve(metrics["pr_curve_iou50"], out / "pr_curve.png", f"{Path(model_path).name}")
+            if draw:
+                report["drawn_errors"] = [
+                    str(p) for p in draw_errors(pairs, per_image, threshold, out / "errors", draw)
+                ]
+        detector.score_threshold = threshold
+        if gz2:
+            print(f"GZ2 central-galaxy check on {gz2}", file=sys.stderr)
+            report["gz2_central"] = gz2_central_recall(detector, gz2, threshold)
+        report["sky_frames"] = [
+            draw_sky_frame(detector, frame, out / f"{Path(frame).stem}_detections.jpg", threshold)
+            for frame in sky_frames
+        ]
+    (out / "report.json").write_text(json.dumps(report, indent=1))
+    return report

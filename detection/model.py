@@ -1,0 +1,136 @@
+"""SSDLite on a MobileNet backbone (Keras 3): feature maps at strides 8-64, depthwise-separable
+box and class heads, raw outputs (box deltas and class logits per anchor).
+
+The model takes raw 0-255 RGB pixels; its Rescaling folds into the int8 input quantization.
+Outputs, in this order: "boxes" (B, anchors, 4) deltas dy, dx, dh, dw (divided by the box
+variance) and "scores" (B, anchors, classes) logits for a sigmoid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from detection.anchors import AnchorSpec
+
+# Where the backbones' feature maps of stride 8, 16 and 32 are (expanded activations, as in
+# the SSDLite paper for MobileNetV2).
+BACKBONE_FEATURES = {
+    "mobilenet_v2": ("block_6_expand_relu", "block_13_expand_relu", "out_relu"),
+    "mobilenet_v3_small": ("expanded_conv_2_add", "expanded_conv_7_add", "activation_17"),
+}
+BN_MOMENTUM = 0.9  # applications use 0.999: far too slow to settle when training from scratch
+PRIOR_PROBABILITY = 0.01  # initial sigmoid score: focal-loss practice, keeps early training stable
+
+
+@dataclass
+class DetectorConfig:
+    backbone: str = "mobilenet_v2"
+    alpha: float = 0.35
+    head_channels: int = 96
+    labels: list[str] = field(default_factory=lambda: ["galaxy"])
+    anchors: AnchorSpec = field(default_factory=AnchorSpec)
+    box_variance: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+
+    @property
+    def input_size(self) -> int:
+        return self.anchors.input_size
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["anchors"] = self.anchors.to_dict()
+        values["box_variance"] = list(self.box_variance)
+        return values
+
+    @staticmethod
+    def from_dict(values: dict) -> DetectorConfig:
+        return DetectorConfig(
+            backbone=values.get("backbone", "mobilenet_v2"),
+            alpha=float(values.get("alpha", 0.35)),
+            head_channels=int(values.get("head_channels", 96)),
+            labels=list(values.get("labels", ["galaxy"])),
+            anchors=AnchorSpec.from_dict(values["anchors"]),
+            box_variance=tuple(values.get("box_variance", (0.1, 0.1, 0.2, 0.2))),
+        )
+
+
+def _backbone(config: DetectorConfig, weights: str | None):
+    import keras
+
+    shape = (config.input_size, config.input_size, 3)
+    if config.backbone == "mobilenet_v2":
+        return keras.applications.MobileNetV2(
+            input_shape=shape, alpha=config.alpha, include_top=False, weights=weights
+        )
+    if config.backbone == "mobilenet_v3_small":
+        return keras.applications.MobileNetV3Small(
+            input_shape=shape,
+            alpha=config.alpha if config.alpha in (0.75, 1.0) else 0.75,
+            include_top=False,
+            weights=weights,
+            include_preprocessing=False,
+            minimalistic=True,  # no hard-swish or squeeze-excite: plain int8 ops for the Edge TPU
+        )
+    raise ValueError(f"unknown backbone {config.backbone!r}")
+
+
+def _separable(x, channels: int, stride: int, name: str):
+    import keras
+    from keras import layers
+
+    x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dw_bn")(x)
+    x = layers.ReLU(6.0, name=f"{name}_dw_relu")(x)
+    x = layers.Conv2D(channels, 1, use_bias=False, name=f"{name}_pw")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_pw_bn")(x)
+    return keras.layers.ReLU(6.0, name=f"{name}_pw_relu")(x)
+
+
+def build_detector(config: DetectorConfig, weights: str | None = None):
+    """The SSDLite Keras model. weights: None (from scratch) or a local ImageNet weights file
+    for the backbone (nothing is downloaded)."""
+    import keras
+    import numpy as np
+    from keras import layers
+
+    spec = config.anchors
+    image = keras.Input((config.input_size, config.input_size, 3), name="image")
+    scaled = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(image)
+    backbone = _backbone(config, weights)
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
+    names = BACKBONE_FEATURES[config.backbone]
+    feature_model = keras.Model(
+        backbone.input, [backbone.get_layer(n).output for n in names], name="backbone"
+    )
+    features = list(feature_model(scaled))
+    # Extra levels beyond stride 32: SSDLite's 1x1 squeeze + depthwise stride-2 blocks.
+    while len(features) < len(spec.strides):
+        level = len(features)
+        x = layers.Conv2D(config.head_channels, 1, use_bias=False, name=f"extra{level}_squeeze")(features[-1])
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"extra{level}_squeeze_bn")(x)
+        x = layers.ReLU(6.0, name=f"extra{level}_squeeze_relu")(x)
+        features.append(_separable(x, config.head_channels * 2, 2, f"extra{level}"))
+    per_location = spec.per_location
+    classes = len(config.labels)
+    bias = float(-np.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
+    boxes, scores = [], []
+    for level, feature in enumerate(features):
+        expected = spec.grid(level)
+        if feature.shape[1] != expected:
+            raise ValueError(f"level {level}: feature map {feature.shape[1]} != anchor grid {expected}")
+        x = _separable(feature, config.head_channels, 1, f"head{level}")
+        box = layers.Conv2D(per_location * 4, 1, name=f"head{level}_boxes")(x)
+        score = layers.Conv2D(
+            per_location * classes,
+            1,
+            bias_initializer=keras.initializers.Constant(bias),
+            name=f"head{level}_scores",
+        )(x)
+        boxes.append(layers.Reshape((-1, 4), name=f"head{level}_boxes_flat")(box))
+        scores.append(layers.Reshape((-1, classes), name=f"head{level}_scores_flat")(score))
+    outputs = {
+        "boxes": layers.Concatenate(axis=1, name="boxes")(boxes),
+        "scores": layers.Concatenate(axis=1, name="scores")(scores),
+    }
+    return keras.Model(image, outputs, name=f"ssdlite_{config.backbone}_{config.alpha:g}")

@@ -1,0 +1,166 @@
+"""Detector export: raw box and class heads, batch fixed to 1, int8 input and outputs; the
+card carries the anchors and decoding parameters the edge runtime needs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edge.model_card import FORMAT_VERSION, card_path
+from galaxy_edge.errors import GalaxyEdgeError
+
+DEFAULT_SCORE_THRESHOLD = 0.35
+
+
+def detector_summary(model_path: Path) -> dict:
+    """The detector.json that `train --detector` writes beside its .keras."""
+    path = Path(model_path).with_suffix(".json")
+    if not path.is_file():
+        raise GalaxyEdgeError(f"{path}: the detector's summary (config and anchors) is missing")
+    summary = json.loads(path.read_text())
+    if "config" not in summary or "anchors" not in summary["config"]:
+        raise GalaxyEdgeError(f"{path}: not a detector summary (no config.anchors)")
+    return summary
+
+
+def is_detector(model_path: Path) -> bool:
+    path = Path(model_path).with_suffix(".json")
+    if not path.is_file():
+        return False
+    try:
+        return "anchors" in json.loads(path.read_text()).get("config", {})
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def calibration_tiles(frames_dir: Path, size: int, count: int, seed: int = 0) -> np.ndarray:
+    """Representative detector inputs: random native-scale crops of the training frames (RGB)."""
+    import cv2
+
+    from galaxy_edge.files import IMAGE_SUFFIXES
+
+    paths = sorted(p for p in Path(frames_dir).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise GalaxyEdgeError(f"{frames_dir}: no images for int8 calibration")
+    rng = np.random.default_rng(seed)
+    tiles = []
+    for index in rng.integers(len(paths), size=count):
+        image = cv2.imread(str(paths[index]), cv2.IMREAD_COLOR)
+        if image is None:
+            raise GalaxyEdgeError(f"{paths[index]}: cannot read the image")
+        height, width = image.shape[:2]
+        if max(height, width) <= 1.5 * size:
+            tile = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+        else:
+            y0 = rng.integers(max(height - size, 0) + 1)
+            x0 = rng.integers(max(width - size, 0) + 1)
+            tile = cv2.resize(image[y0 : y0 + size, x0 : x0 + size], (size, size))
+        tiles.append(cv2.cvtColor(tile, cv2.COLOR_BGR2RGB))
+    return np.stack(tiles)
+
+
+def _output_order(model_path: Path, classes: int) -> dict[str, int]:
+    from edge.interpreter import load_interpreter
+
+    details = load_interpreter(model_path).get_output_details()
+    by_width = {int(d["shape"][-1]): i for i, d in enumerate(details)}
+    if classes != 4 and 4 in by_width and classes in by_width:
+        return {"boxes": by_width[4], "scores": by_width[classes]}
+    # Keras dict outputs are flattened in key order: boxes, then scores.
+    return {"boxes": 0, "scores": 1}
+
+
+def write_detector_card(
+    model_path: Path,
+    summary: dict,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    metrics: dict | None = None,
+    extra: dict | None = None,
+) -> Path:
+    from detection.anchors import AnchorSpec, anchors_center_yxhw
+    from export.card import _git_commit, tensor_facts
+
+    config = summary["config"]
+    spec = AnchorSpec.from_dict(config["anchors"])
+    labels = list(config["labels"])
+    facts = tensor_facts(model_path)
+    order = _output_order(model_path, len(labels))
+    data = Path(model_path).read_bytes()
+    card = {
+        "format_version": FORMAT_VERSION,
+        "task": "detector",
+        "name": Path(model_path).stem,
+        "labels": labels,
+        "architecture": f"SSDLite {config['backbone']} alpha {config['alpha']}, input {spec.input_size}",
+        "input": {
+            "color_order": "RGB",
+            "mean": [0, 0, 0],
+            "std": [1, 1, 1],
+            "resize": "stretch",
+            "note": "raw 0-255 pixels; big frames are tiled at native scale by the runtime",
+            **facts["inputs"][0],
+        },
+        "decoding": {
+            "type": "ssd",
+            "anchors_center_yxhw": np.round(anchors_center_yxhw(spec), 6).tolist(),
+            "anchor_spec": spec.to_dict(),
+            "box_variance": list(config["box_variance"]),
+            "deltas_order": ["dy", "dx", "dh", "dw"],
+            "score_activation": "sigmoid",
+            "score_threshold": score_threshold,
+            "iou_threshold": 0.5,
+            "max_detections": 200,
+            "outputs": order,
+        },
+        "outputs": facts["outputs"],
+        "quantization": {"step": facts["outputs"][order["scores"]]["quantization"]["scale"]},
+        "training": {k: v for k, v in summary.items() if k != "history"},
+        "metrics": metrics or {},
+        "file": {
+            "name": Path(model_path).name,
+            "size_bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        },
+        "git_commit": _git_commit(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    path = card_path(model_path)
+    path.write_text(json.dumps(card, indent=1))
+    return path
+
+
+def export_detector(
+    keras_path: Path,
+    out: Path,
+    to: str = "int8",
+    calibration_frames: Path | None = None,
+    calibration_count: int = 300,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+) -> Path:
+    """Write the .tflite and its card; int8 needs frames to calibrate on."""
+    import keras
+
+    from export.tflite import convert
+
+    summary = detector_summary(keras_path)
+    model = keras.models.load_model(keras_path, compile=False)
+    representative = None
+    if to == "int8":
+        if calibration_frames is None:
+            raise GalaxyEdgeError("int8 export of a detector needs --data: frames to calibrate on")
+        size = int(model.input_shape[1])
+        representative = calibration_tiles(calibration_frames, size, calibration_count).astype(np.float32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(convert(model, to, representative, calibration_count))
+    extra = (
+        {"calibration": {"count": calibration_count, "source": str(calibration_frames)}}
+        if representative is not None
+        else None
+    )
+    write_detector_card(out, summary, score_threshold, extra=extra)
+    return out

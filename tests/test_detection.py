@@ -1,0 +1,176 @@
+"""detection/: anchors from box statistics, crops and targets, the Keras-encode / edge-decode
+contract, and a small training run through the CLI to an int8 model the runtime reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from annotations.records import Box, ImageAnnotation
+from annotations.voc import write_voc
+from detection.anchors import AnchorSpec, anchors_center_yxhw, spec_from_boxes
+from detection.data import Frame, TargetEncoder, augment, crop_frame
+
+
+def test_anchor_sizes_follow_the_box_statistics() -> None:
+    rng = np.random.default_rng(0)
+    sizes = np.exp(rng.uniform(np.log(6), np.log(200), 2000))
+    ratios = np.exp(rng.normal(0, 0.4, 2000))
+    spec = spec_from_boxes(sizes * np.sqrt(1 / ratios), sizes * np.sqrt(ratios), input_size=320)
+    flat = [s for level in spec.sizes for s in level]
+    assert flat == sorted(flat) and len(spec.sizes) == 4
+    assert 6 <= flat[0] <= 8 and 190 <= flat[-1] <= 288  # 1st-99th percentile, floor 0.75 stride
+    assert spec.aspect_ratios[0] == 1.0 and 1.5 <= spec.aspect_ratios[1] <= 3.0
+    assert spec.aspect_ratios[2] == pytest.approx(1 / spec.aspect_ratios[1], rel=1e-3)
+
+
+def test_anchor_layout_is_level_row_column_kind() -> None:
+    spec = AnchorSpec(input_size=64, strides=(16, 32), sizes=[[8.0], [32.0]], aspect_ratios=(1.0, 4.0))
+    anchors = anchors_center_yxhw(spec)
+    assert anchors.shape == (spec.count(), 4) == ((16 + 4) * 2, 4)
+    np.testing.assert_allclose(anchors[0], [8 / 64, 8 / 64, 8 / 64, 8 / 64])
+    np.testing.assert_allclose(anchors[1], [8 / 64, 8 / 64, 16 / 64, 4 / 64])  # h/w = 4
+    np.testing.assert_allclose(anchors[2, :2], [8 / 64, 24 / 64])  # next column
+    np.testing.assert_allclose(anchors[32], [16 / 64, 16 / 64, 0.5, 0.5])  # second level
+
+
+def test_targets_encoded_by_keras_decode_in_the_edge_runtime() -> None:
+    """The contract between training and the device: deltas from keras.utils.bounding_boxes
+    decode back to the same box with the runtime's numpy decoder."""
+    from edge.model_card import Decoding
+    from edge.models import Detector
+
+    spec = AnchorSpec(input_size=128, strides=(8, 16, 32, 64), sizes=[[8, 12], [20, 28], [40, 56], [80, 110]])
+    encoder = TargetEncoder(spec, 1, (0.1, 0.1, 0.2, 0.2))
+    truth = np.array([[30.0, 40.0, 52.0, 58.0], [70.0, 10.0, 120.0, 90.0]], np.float32)
+    boxes, scores = encoder.encode(truth, np.zeros(2, np.int32), np.zeros(2, bool))
+    positive = boxes[:, 4] == 1
+    assert positive.sum() >= 2 and (scores[positive, 0] == 1).all() and (scores[:, -1] >= 0).all()
+    decoder = object.__new__(Detector)  # the runtime's decoder without a .tflite behind it
+    decoder.anchors = encoder.anchors_yxhw
+    decoder.decoding = Decoding(box_variance=(0.1, 0.1, 0.2, 0.2), score_threshold=0.5, iou_threshold=0.5)
+    decoder.score_threshold, decoder.iou_threshold = 0.5, 0.5
+    logits = np.where(positive, 5.0, -5.0).astype(np.float32)[:, None]
+    found = decoder._decode_ssd([boxes[:, :4], logits])
+    np.testing.assert_allclose(np.sort(found.boxes * 128, axis=0), np.sort(truth, axis=0), atol=0.05)
+
+
+def test_difficult_and_mostly_cut_boxes_are_ignored_not_background() -> None:
+    image = np.zeros((200, 200, 3), np.uint8)
+    frame = Frame(
+        Path("f.jpg"),
+        image,
+        np.array([[10, 10, 30, 30], [90, 10, 130, 30], [150, 150, 170, 170], [60, 60, 80, 80]], np.float32),
+        np.zeros(4, np.int32),
+        np.array([False, False, False, True]),
+    )
+    crop, boxes, _, ignore = crop_frame(frame, 0, 0, 100, 100)
+    # Whole box kept; the box cut at x = 100 keeps a quarter: ignored; the far one is gone.
+    assert crop.shape == (100, 100, 3) and len(boxes) == 3
+    np.testing.assert_allclose(boxes[0], [10, 10, 30, 30])
+    np.testing.assert_allclose(boxes[1], [90, 10, 100, 30])
+    assert ignore.tolist() == [False, True, True]
+    spec = AnchorSpec(input_size=96, strides=(8, 16, 32, 64), sizes=[[10, 14], [20, 28], [40, 56], [80, 90]])
+    encoder = TargetEncoder(spec, 1, (0.1, 0.1, 0.2, 0.2))
+    box_target, score_target = encoder.encode(
+        np.array([[60, 60, 80, 80]], np.float32), np.zeros(1, np.int32), np.array([True])
+    )
+    assert box_target[:, 4].sum() == 0 and (score_target[:, -1] == 0).sum() > 0  # ignored, not negative
+
+
+def test_augmentation_moves_boxes_with_the_pixels() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(8):
+        image = np.zeros((64, 64, 3), np.uint8)
+        image[5:15, 40:60] = 255  # a 20 x 10 bright bar
+        out, boxes = augment(image, np.array([[40, 5, 60, 15]], np.float32), rng)
+        x1, y1, x2, y2 = boxes[0].astype(int)
+        inside = out[y1:y2, x1:x2].mean()
+        outside_mask = np.ones(out.shape[:2], bool)
+        outside_mask[y1:y2, x1:x2] = False
+        assert inside > out[outside_mask].mean() + 60
+
+
+def _blob_dataset(folder: Path, count: int, seed: int, size: int = 160) -> Path:
+    """Frames of bright Gaussian blobs of several sizes on noise, with labelImg XML."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for index in range(count):
+        image = rng.normal(20, 4, (size, size)).astype(np.float32)
+        boxes = []
+        for _ in range(rng.integers(2, 5)):
+            sigma = rng.uniform(2.5, 7)
+            cx, cy = rng.uniform(3 * sigma, size - 3 * sigma, 2)
+            image += 200 * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * sigma**2))
+            half = 2.2 * sigma
+            boxes.append(
+                Box("galaxy", round(cx - half), round(cy - half), round(cx + half), round(cy + half))
+            )
+        name = f"blob_{seed}_{index:03d}"
+        cv2.imwrite(
+            str(folder / f"{name}.png"), np.repeat(image.clip(0, 255).astype(np.uint8)[..., None], 3, 2)
+        )
+        write_voc(
+            ImageAnnotation(f"{name}.png", size, size, 3, boxes, folder=folder.name), folder / f"{name}.xml"
+        )
+    return folder
+
+
+@pytest.mark.slow
+def test_detector_trains_resumes_exports_int8_and_runs_on_the_edge(tmp_path: Path, run_cli) -> None:
+    from edge.models import Detector
+
+    train = _blob_dataset(tmp_path / "train", 24, seed=1)
+    test = _blob_dataset(tmp_path / "test", 6, seed=2)
+    common = ["train", "--detector", "--data", train, "--input-size", "96", "--steps-per-epoch", "12"]
+    common += ["--batch-size", "8", "--learning-rate", "0.01", "--out", tmp_path / "run"]
+    code, _, err = run_cli(*common, "--epochs", "4")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "detector.json").read_text())
+    assert len(summary["history"]["loss"]) == 4
+    # Started again with more epochs, the run continues from its backup instead of restarting.
+    code, _, err = run_cli(*common, "--epochs", "8")
+    assert code == 0, err
+    history = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
+    assert [int(line.split(",")[0]) for line in history[1:] if line[0].isdigit()][-1] == 7
+    losses = json.loads((tmp_path / "run" / "detector.json").read_text())["history"]["loss"]
+    assert losses[-1] < summary["history"]["loss"][0]
+
+    model = tmp_path / "models" / "blob_int8.tflite"
+    code, out, err = run_cli(
+        "export", tmp_path / "run" / "detector.keras", "--to", "int8", "--data", train,
+        "--calibration-count", "40", "--parity-count", "6", "--out", model,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "Edge TPU ready: yes" in out
+    card = json.loads(model.with_suffix(".json").read_text())
+    assert (
+        card["task"] == "detector"
+        and len(card["decoding"]["anchors_center_yxhw"]) == Detector(model).anchors.shape[0]
+    )
+    code, out, err = run_cli(
+        "evaluate", "--detector", "--model", model, "--data", test, "--out", tmp_path / "eval"
+    )
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["coco"]["map50"] >= 0.5, report["coco"]
+    assert (tmp_path / "eval" / "pr_curve.png").is_file()
+
+
+def test_matching_iou_agrees_with_keras() -> None:
+    from keras import ops
+    from keras.utils import bounding_boxes
+
+    from detection.data import _iou_yxyx
+
+    rng = np.random.default_rng(2)
+    corners = rng.uniform(0, 1, (50, 2, 2))
+    a = np.concatenate([corners.min(1), corners.max(1)], axis=1).astype(np.float32)
+    b = a[::-1][:7] * 0.9 + 0.05
+    expected = ops.convert_to_numpy(bounding_boxes.compute_iou(a, b, bounding_box_format="yxyx"))
+    np.testing.assert_allclose(_iou_yxyx(a, b), expected, atol=1e-4)
