@@ -18,7 +18,7 @@ import numpy as np
 from edge.models import Classifier, Detections, Detector
 from edge.sinks import UNCERTAIN, AnnotatedSink, CatalogSink, JsonlSink, LiveWindow, annotate, track_label
 from edge.sources import Frame, FrameSource
-from edge.tiling import detect_tiled, needs_tiling
+from edge.tiling import RollingTiles, detect_tiled, needs_tiling
 from edge.tracking import IouTracker, Track
 
 STAGES = ("capture", "detect", "crop", "classify", "track", "annotate", "write")
@@ -34,6 +34,7 @@ class ChainSettings:
     reject_threshold: float = 0.4  # top probability under this: "uncertain"
     score_threshold: float | None = None  # detector threshold (default: the model card's)
     reclassify_every: int = 30
+    tiles_per_frame: int | None = None  # live views: run this many tiles a frame (RollingTiles); None: all
     annotate: bool = True
     annotated_video: bool = False
     save_crops: bool = False
@@ -98,12 +99,17 @@ class Chain:
         self.tracker = IouTracker(reclassify_every=self.settings.reclassify_every)
         self.timer = StageTimer()
         self.class_labels = classifier.labels if classifier else []
+        self.rolling = (
+            RollingTiles(detector, self.settings.tiles_per_frame) if self.settings.tiles_per_frame else None
+        )
 
     def detect(self, image: np.ndarray) -> Detections:
         tile = self.settings.tiling == "on" or (
             self.settings.tiling == "auto" and needs_tiling(self.detector, image.shape)
         )
-        return detect_tiled(self.detector, image) if tile else self.detector.detect_image(image)
+        if not tile:
+            return self.detector.detect_image(image)
+        return self.rolling.detect(image) if self.rolling else detect_tiled(self.detector, image)
 
     def process(self, frame: Frame, capture_ms: float = 0.0) -> FrameResult:
         latency = {"capture": capture_ms}

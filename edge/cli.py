@@ -61,6 +61,12 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "than the detector input)",
     )
     run.add_argument(
+        "--tiles-per-frame",
+        type=int,
+        help="live views of big frames: run this many tiles per frame and reuse the others' latest "
+        "results (the whole field refreshes every few frames at a steady cost); default: all tiles",
+    )
+    run.add_argument(
         "--score-threshold", type=_probability, help="detector threshold (default: the model card's)"
     )
     run.add_argument(
@@ -76,6 +82,7 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     run.add_argument("--show", action="store_true", help="show a live window (needs OpenCV with a GUI)")
     _runtime_options(run)
     run.set_defaults(handler=run_chain)
+    _register_bench(verbs, formatter)
 
     detect = verbs.add_parser(
         "detect",
@@ -105,6 +112,98 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     classify.set_defaults(handler=run_classify)
 
 
+def _register_bench(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
+    bench = verbs.add_parser(
+        "bench",
+        help="latency of the models and the whole chain, against yardsticks measured in the same run",
+        formatter_class=formatter,
+        epilog="examples:\n  galaxy-edge bench --json bench/bench.json\n"
+        "  galaxy-edge bench --threads 4 --check bench/reference_x86_2core.csv\n"
+        "  galaxy-edge bench --threads 1 2 4 --write-reference bench/reference_pi4.csv  # on a Pi",
+    )
+    bench.add_argument("--detector", type=Path, default=DEFAULT_DETECTOR)
+    bench.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER)
+    bench.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2, 4], help="interpreter thread counts for the models"
+    )
+    bench.add_argument("--seconds", type=float, default=3.0, help="timed seconds per model and per chain")
+    bench.add_argument(
+        "--resolutions",
+        nargs="*",
+        default=["640x480", "1280x720", "1920x1080"],
+        choices=("640x480", "1280x720", "1920x1080"),
+        help="chain frame sizes (none: models only)",
+    )
+    bench.add_argument(
+        "--frames",
+        choices=("real", "sim", "both"),
+        default="both",
+        help="chain frames: cut from the real samples, simulated (needs the simulation package), or both",
+    )
+    bench.add_argument(
+        "--tiles-per-frame", type=int, default=4, help="the live chain's rolling tiles (also run: all tiles)"
+    )
+    bench.add_argument("--no-float", action="store_true", help="skip the float32 models beside the int8 ones")
+    bench.add_argument("--json", type=Path, help="write the results as JSON (a .md table beside it)")
+    bench.add_argument("--histogram", type=Path, help="latency histogram PNG (needs matplotlib)")
+    bench.add_argument(
+        "--check", type=Path, help="reference CSV: exit 1 on a regression beyond its tolerances"
+    )
+    bench.add_argument("--write-reference", type=Path, help="write a reference CSV from this run")
+    bench.set_defaults(handler=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from edge.bench import (
+        check_reference,
+        markdown,
+        run_benchmark,
+        save_histogram,
+        write_outputs,
+        write_reference,
+    )
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    for path in (args.detector, args.classifier):
+        if not path.is_file():
+            raise GalaxyEdgeError(f"model file not found: {path}")
+    extra = {}
+    if not args.no_float:
+        for role, path in (("detector", args.detector), ("classifier", args.classifier)):
+            floating = path.with_name(path.name.replace("_int8", "_float32"))
+            if floating != path and floating.is_file():
+                extra[f"{role}_float32"] = floating
+    result = run_benchmark(
+        args.detector,
+        args.classifier,
+        args.threads,
+        args.seconds,
+        args.resolutions,
+        extra_models=extra,
+        frames=args.frames,
+        progress=lambda message: print(f"bench: {message}", file=sys.stderr),
+        tiles_per_frame=args.tiles_per_frame,
+    )
+    print(markdown(result))
+    if args.json:
+        write_outputs(result, args.json, args.json.with_suffix(".md"))
+        print(f"results in {args.json} and {args.json.with_suffix('.md')}")
+    if args.histogram:
+        saved = save_histogram(result, args.histogram)
+        print(f"histogram in {saved}" if saved else "histogram skipped: matplotlib is not installed")
+    if args.write_reference:
+        print(f"reference written to {write_reference(result, args.write_reference)}")
+    if args.check:
+        if not args.check.is_file():
+            raise GalaxyEdgeError(f"{args.check}: reference file not found")
+        problems = check_reference(result, args.check)
+        for problem in problems:
+            print(f"regression: {problem}")
+        print(f"check against {args.check}: {'FAILED' if problems else 'passed'}")
+        return 1 if problems else 0
+    return 0
+
+
 def run_chain(args: argparse.Namespace) -> int:
     from edge.chain import Chain, ChainSettings, run
     from edge.models import Classifier, Detector
@@ -122,6 +221,7 @@ def run_chain(args: argparse.Namespace) -> int:
         annotated_video=args.video,
         save_crops=args.save_crops,
         show=args.show,
+        tiles_per_frame=args.tiles_per_frame,
     )
     source = open_source(args.source)
     summary = run(Chain(detector, classifier, settings), source, args.out, args.max_frames)

@@ -72,29 +72,75 @@ def merge_tiles(parts: list[tuple[Detections, np.ndarray]], iou_threshold: float
     return non_max_suppression(fused, iou_threshold)
 
 
-def detect_tiled(detector: Detector, frame_bgr: np.ndarray, overlap: int | None = None) -> Detections:
-    """Detections over tiles of the detector's input size, at the frame's native scale."""
-    height, width = frame_bgr.shape[:2]
+def tile_layout(
+    detector: Detector, shape: tuple[int, ...], overlap: int | None = None
+) -> list[tuple[int, int, int, int]]:
+    """(x0, y0, width, height) of the tiles covering a frame at native scale."""
+    height, width = shape[:2]
     tile_h, tile_w = min(detector.height, height), min(detector.width, width)
     overlap = overlap if overlap is not None else max(32, detector.width // 6)
-    parts = []
     ys, xs = tile_origins(height, tile_h, overlap), tile_origins(width, tile_w, overlap)
-    for y0 in ys:
-        for x0 in xs:
-            tile = frame_bgr[y0 : y0 + tile_h, x0 : x0 + tile_w]
-            found = detector.detect_image(tile, (x0, y0))
-            b = found.boxes
-            cut = np.zeros(len(found), bool)
-            if x0 > 0:
-                cut |= b[:, 0] <= x0 + EDGE_MARGIN
-            if y0 > 0:
-                cut |= b[:, 1] <= y0 + EDGE_MARGIN
-            if x0 + tile_w < width:
-                cut |= b[:, 2] >= x0 + tile_w - EDGE_MARGIN
-            if y0 + tile_h < height:
-                cut |= b[:, 3] >= y0 + tile_h - EDGE_MARGIN
-            parts.append((found, cut))
+    return [(x0, y0, tile_w, tile_h) for y0 in ys for x0 in xs]
+
+
+def detect_tile(
+    detector: Detector, frame_bgr: np.ndarray, tile: tuple[int, int, int, int]
+) -> tuple[Detections, np.ndarray]:
+    """Detections in one tile (frame pixels) and which of them touch an inner tile border."""
+    height, width = frame_bgr.shape[:2]
+    x0, y0, tile_w, tile_h = tile
+    found = detector.detect_image(frame_bgr[y0 : y0 + tile_h, x0 : x0 + tile_w], (x0, y0))
+    b = found.boxes
+    cut = np.zeros(len(found), bool)
+    if x0 > 0:
+        cut |= b[:, 0] <= x0 + EDGE_MARGIN
+    if y0 > 0:
+        cut |= b[:, 1] <= y0 + EDGE_MARGIN
+    if x0 + tile_w < width:
+        cut |= b[:, 2] >= x0 + tile_w - EDGE_MARGIN
+    if y0 + tile_h < height:
+        cut |= b[:, 3] >= y0 + tile_h - EDGE_MARGIN
+    return found, cut
+
+
+def detect_tiled(detector: Detector, frame_bgr: np.ndarray, overlap: int | None = None) -> Detections:
+    """Detections over tiles of the detector's input size, at the frame's native scale."""
+    parts = [
+        detect_tile(detector, frame_bgr, tile) for tile in tile_layout(detector, frame_bgr.shape, overlap)
+    ]
     return merge_tiles(parts, detector.iou_threshold)
+
+
+class RollingTiles:
+    """Tiled detection for a live view that spreads the tiles over frames: each frame runs the
+    next `per_frame` tiles and reuses the others' latest results, so every frame costs about
+    the same and the whole field is refreshed every ceil(tiles / per_frame) frames. For a
+    telescope's field, which moves slowly if at all, that holds a camera's frame rate on a
+    small CPU where all tiles of every frame would not. The first frame runs all tiles."""
+
+    def __init__(self, detector: Detector, per_frame: int) -> None:
+        self.detector, self.per_frame = detector, max(1, per_frame)
+        self.shape: tuple[int, ...] | None = None
+        self.tiles: list[tuple[int, int, int, int]] = []
+        self.latest: list[tuple[Detections, np.ndarray] | None] = []
+        self.cursor = 0
+
+    def detect(self, frame_bgr: np.ndarray) -> Detections:
+        if frame_bgr.shape != self.shape:
+            self.shape = frame_bgr.shape
+            self.tiles = tile_layout(self.detector, frame_bgr.shape)
+            self.latest = [detect_tile(self.detector, frame_bgr, tile) for tile in self.tiles]
+            self.cursor = 0
+        else:
+            for _ in range(min(self.per_frame, len(self.tiles))):
+                self.latest[self.cursor] = detect_tile(self.detector, frame_bgr, self.tiles[self.cursor])
+                self.cursor = (self.cursor + 1) % len(self.tiles)
+        return merge_tiles([part for part in self.latest if part is not None], self.detector.iou_threshold)
+
+    @property
+    def refresh_frames(self) -> int:
+        """Frames between two runs of the same tile."""
+        return -(-len(self.tiles) // self.per_frame) if self.tiles else 1
 
 
 def needs_tiling(detector: Detector, frame_shape: tuple[int, ...], factor: float = 1.5) -> bool:

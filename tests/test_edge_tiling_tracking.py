@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 
 from edge.models import Detections, Detector
-from edge.tiling import detect_tiled, merge_tiles, needs_tiling, tile_origins
+from edge.tiling import RollingTiles, detect_tiled, merge_tiles, needs_tiling, tile_layout, tile_origins
 from edge.tracking import IouTracker
 from tests.conftest import blob_frame
 
@@ -55,6 +55,25 @@ def test_tiled_detection_finds_every_blob_once(tiny_models) -> None:
     assert len(found) == len(blobs)
     for x, y, _ in blobs:
         assert np.hypot(*(centres - [x + 4, y + 4]).T).min() <= 4
+
+
+def test_rolling_tiles_spread_the_work_and_catch_up_with_the_field(tiny_models) -> None:
+    detector = Detector(tiny_models["detector"])
+    invokes = []
+    original = detector.detect_image
+    detector.detect_image = lambda image, offset=(0.0, 0.0): invokes.append(offset) or original(image, offset)
+    first = blob_frame(320, 240, [(20, 20, (255, 255, 255)), (250, 180, (255, 255, 255))])
+    tiles = len(tile_layout(detector, first.shape))
+    rolling = RollingTiles(detector, per_frame=2)
+    assert len(rolling.detect(first)) == 2 and len(invokes) == tiles  # the first frame runs every tile
+    assert rolling.refresh_frames == -(-tiles // 2)
+    moved = blob_frame(320, 240, [(20, 20, (255, 255, 255)), (150, 100, (255, 255, 255))])
+    for _ in range(rolling.refresh_frames):
+        invokes.clear()
+        found = rolling.detect(moved)
+        assert len(invokes) == 2
+    # After one refresh period the result is what full tiling of the new frame gives.
+    np.testing.assert_allclose(np.sort(found.boxes, 0), np.sort(detect_tiled(detector, moved).boxes, 0))
 
 
 def test_tracker_keeps_ids_and_votes_classes() -> None:

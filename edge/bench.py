@@ -1,0 +1,523 @@
+"""`galaxy-edge bench`: model latency distributions and the whole chain's per-stage latency,
+against yardsticks measured in the same run with the same runtime and threads.
+
+Absolute times drift on a shared machine; ratios to a yardstick measured minutes apart in
+the same process do not, so every figure also comes as a ratio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from edge.interpreter import interpreter_module, load_interpreter, runtime_name
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE_MODELS = REPO.parent / "shared" / "data" / "reference_models"
+YARDSTICK_CACHE = REPO / ".cache" / "yardsticks"
+SSD_YARDSTICK = "ssd_mobilenet_v2_300_int8.tflite"
+CORAL_YARDSTICKS = {
+    "coral_mobilenet_v2_1.0_224": "mobilenet_v2_1.0_224_quant.tflite",
+    "coral_mobilenet_v1_0.25_128": "mobilenet_v1_0.25_128_quant.tflite",
+}
+RESOLUTIONS = {"640x480": (640, 480), "1280x720": (1280, 720), "1920x1080": (1920, 1080)}
+
+
+@dataclass
+class LatencyStats:
+    runs: int
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    mean_ms: float
+    std_ms: float
+
+    @staticmethod
+    def of(samples_ms: Sequence[float]) -> LatencyStats:
+        values = np.asarray(samples_ms, np.float64)
+        p50, p90, p99 = np.percentile(values, [50, 90, 99])
+        return LatencyStats(
+            runs=len(values),
+            min_ms=float(values.min()),
+            p50_ms=float(p50),
+            p90_ms=float(p90),
+            p99_ms=float(p99),
+            max_ms=float(values.max()),
+            mean_ms=float(values.mean()),
+            std_ms=float(values.std()),
+        )
+
+
+def time_calls(call: Callable[[], object], warmup: int, min_runs: int, seconds: float) -> list[float]:
+    """Milliseconds per call after `warmup` untimed calls; at least min_runs, until `seconds`."""
+    for _ in range(warmup):
+        call()
+    samples: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(samples) < min_runs or time.perf_counter() < deadline:
+        started = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - started) * 1000)
+        if len(samples) >= 100_000:
+            break
+    return samples
+
+
+def model_facts(interpreter) -> dict:
+    """Parameters (constant tensors) and multiply-accumulates per invoke, from the ops' shapes.
+
+    Counted by hand: no TFLite runtime exposes a MAC count. Conv: output elements x kernel
+    area x input channels; depthwise: output elements x kernel area; fully connected: output
+    elements x input features.
+    """
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    produced = {int(i) for op in ops for i in op["outputs"]}
+    inputs = {int(d["index"]) for d in interpreter.get_input_details()}
+    parameters, macs = 0, 0
+    seen: set[int] = set()
+    for op in ops:
+        for i in op["inputs"]:
+            i = int(i)
+            if i >= 0 and i not in produced and i not in inputs and i not in seen:
+                seen.add(i)
+                parameters += int(np.prod(tensors[i]["shape"]))
+        name = op["op_name"]
+        if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            continue
+        out_shape = tensors[int(op["outputs"][0])]["shape"]
+        weights = tensors[int(op["inputs"][1])]["shape"]
+        outputs = int(np.prod(out_shape))
+        if name == "CONV_2D":  # weights: out_c, kh, kw, in_c
+            macs += outputs * int(weights[1] * weights[2] * weights[3])
+        elif name == "DEPTHWISE_CONV_2D":  # weights: 1, kh, kw, out_c
+            macs += outputs * int(weights[1] * weights[2])
+        else:  # weights: out, in
+            macs += outputs * int(weights[1])
+    return {"parameters": parameters, "macs": macs}
+
+
+def bench_model(path: Path, threads: int, seconds: float, warmup: int = 10, min_runs: int = 30) -> dict:
+    """Invoke latency of one .tflite on random input, with its size, parameters and MACs."""
+    interpreter = load_interpreter(path, threads)
+    detail = interpreter.get_input_details()[0]
+    rng = np.random.default_rng(0)
+    if np.issubdtype(detail["dtype"], np.integer):
+        info = np.iinfo(detail["dtype"])
+        tensor = rng.integers(info.min, info.max, detail["shape"], endpoint=True).astype(detail["dtype"])
+    else:
+        tensor = rng.uniform(0, 255, detail["shape"]).astype(detail["dtype"])
+    interpreter.set_tensor(detail["index"], tensor)
+    samples = time_calls(interpreter.invoke, warmup, min_runs, seconds)
+    stats = LatencyStats.of(samples)
+    facts = model_facts(interpreter)
+    data = Path(path).read_bytes()
+    return {
+        "path": str(path),
+        "threads": threads,
+        "input": [int(v) for v in detail["shape"]],
+        "dtype": np.dtype(detail["dtype"]).name,
+        **stats.__dict__,
+        "size_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest()[:16],
+        **facts,
+        "gmac_per_s": facts["macs"] / (stats.p50_ms / 1000) / 1e9 if stats.p50_ms else None,
+        "samples_ms": samples,
+    }
+
+
+def ssd_yardstick(build: bool = True) -> Path | None:
+    """The standard SSD MobileNet V2 300x300 int8 (random weights: latency only), built once
+    with the project's converter when TensorFlow is here, and cached."""
+    path = YARDSTICK_CACHE / SSD_YARDSTICK
+    if path.is_file() or not build:
+        return path if path.is_file() else None
+    try:
+        from export.yardstick import build_ssd_mobilenet_v2  # training side: TensorFlow
+    except ImportError:
+        return None
+    print(f"building the SSD MobileNet V2 300 int8 yardstick in {path} (once)", file=sys.stderr)
+    return build_ssd_mobilenet_v2(path)
+
+
+def environment() -> dict:
+    """What the figures were measured on."""
+    info: dict = {
+        "machine": platform.machine(),
+        "system": platform.platform(),
+        "python": platform.python_version(),
+        "cores": os.cpu_count(),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "model\t")):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    if governor.is_file():
+        info["governor"] = governor.read_text().strip()
+    temperature = Path("/sys/class/thermal/thermal_zone0/temp")
+    if temperature.is_file():
+        with contextlib.suppress(ValueError):
+            info["temperature_c"] = int(temperature.read_text().strip()) / 1000
+    module = interpreter_module()
+    info["runtime"] = runtime_name(module)
+    try:
+        from importlib.metadata import version
+
+        package = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(
+            info["runtime"], "tensorflow"
+        )
+        info["runtime_version"] = version(package)
+    except Exception:
+        info["runtime_version"] = None
+    return info
+
+
+class ReplayCamera:
+    """A capture device for LiveCapture that hands out the given frames at a camera's pace
+    (cycling), so the chain benchmark sees real frame ages and drops."""
+
+    def __init__(self, frames: Sequence[np.ndarray], fps: float) -> None:
+        self.frames, self.period = frames, 1.0 / fps
+        self.index, self.next_time = 0, time.perf_counter()
+
+    def read(self) -> tuple[bool, np.ndarray]:
+        delay = self.next_time - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        self.next_time = max(self.next_time + self.period, time.perf_counter() - self.period)
+        frame = self.frames[self.index % len(self.frames)]
+        self.index += 1
+        return True, frame.copy()
+
+    def release(self) -> None:
+        pass
+
+
+def real_frames(size: tuple[int, int], count: int = 4) -> list[np.ndarray]:
+    """Frames of the given size cut from the bundled real samples (resized to cover)."""
+    from galaxy_edge.files import IMAGE_SUFFIXES
+
+    paths = sorted(p for p in (REPO / "samples").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    frames = []
+    width, height = size
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None or min(image.shape[:2]) < 200:
+            continue
+        scale = max(width / image.shape[1], height / image.shape[0])
+        if scale > 1:
+            image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        frames.append(np.ascontiguousarray(image[:height, :width]))
+        if len(frames) == count:
+            break
+    return frames
+
+
+def simulated_frames(size: tuple[int, int], count: int = 4) -> list[np.ndarray] | None:
+    """Simulated sky frames when the simulation package (GalSim) is installed, else None."""
+    try:
+        from simulation.frames import FrameSettings, render_frame
+    except ImportError:
+        return None
+    settings = FrameSettings(width=size[0], height=size[1], seed=7)
+    return [cv2.cvtColor(render_frame(settings, i)[0], cv2.COLOR_RGB2BGR) for i in range(count)]
+
+
+def bench_chain(
+    detector_path: Path,
+    classifier_path: Path,
+    frames: Sequence[np.ndarray],
+    threads: int,
+    seconds: float,
+    camera_fps: float = 30.0,
+    tiles_per_frame: int | None = None,
+) -> dict:
+    """The chain on a camera that delivers `frames` at camera_fps: per-stage latency, frames
+    per second, frame age, dropped frames; and the back-to-back rate (`max_fps`)."""
+    from edge.chain import Chain, ChainSettings, run
+    from edge.models import Classifier, Detector
+    from edge.sources import LiveCapture
+
+    def make_chain() -> Chain:
+        settings = ChainSettings(tiles_per_frame=tiles_per_frame)
+        return Chain(Detector(detector_path, threads), Classifier(classifier_path, threads), settings)
+
+    chain = make_chain()
+    for image in frames:  # warm-up: first invokes allocate and pack weights
+        chain.process(_frame(image, 0))
+    samples = time_calls(lambda: [chain.process(_frame(image, 0)) for image in frames], 0, 2, seconds / 3)
+    max_fps = 1000 * len(frames) / statistics.median(samples)
+
+    class Replay(LiveCapture):
+        def _open(self):
+            return ReplayCamera(frames, camera_fps)
+
+    chain = make_chain()
+    source = Replay("bench")
+    count = max(10, int(seconds * camera_fps))
+    with tempfile.TemporaryDirectory() as out:
+        summary = run(chain, source, Path(out), max_frames=count)
+    tiles = len(chain.rolling.tiles) if chain.rolling else None
+    return {
+        "frames": summary.frames,
+        "tiles_per_frame": tiles_per_frame or "all",
+        "field_refresh_frames": chain.rolling.refresh_frames if chain.rolling and tiles else 1,
+        "camera_fps": camera_fps,
+        "fps": summary.fps,
+        "max_fps": max_fps,
+        "dropped": summary.dropped,
+        "p50_frame_age_ms": summary.frame_age_ms["p50_ms"],
+        "p90_frame_age_ms": summary.frame_age_ms["p90_ms"],
+        "galaxies_per_frame": summary.galaxies / max(len(frames), 1),
+        "stages": summary.stages,
+        **_total(summary.stages),
+    }
+
+
+def _total(stages: dict) -> dict:
+    busy = [s for s in stages if s != "capture"]
+    return {k: sum(stages[s][k] for s in busy) for k in ("p50_ms", "p90_ms", "p99_ms")}
+
+
+def _frame(image: np.ndarray, index: int):
+    from edge.sources import Frame
+
+    return Frame(index, image, "bench", time.perf_counter())
+
+
+def run_benchmark(
+    detector: Path,
+    classifier: Path,
+    threads: Sequence[int],
+    seconds: float,
+    resolutions: Sequence[str],
+    extra_models: dict[str, Path] | None = None,
+    chain_threads: int | None = None,
+    frames: str = "real",
+    build_yardstick: bool = True,
+    progress: Callable[[str], None] = lambda _: None,
+    tiles_per_frame: int = 4,
+) -> dict:
+    """The whole benchmark as one JSON-ready dict (the shape the README documents); raw
+    invoke samples per model are under "samples_ms" of each model entry (dropped from JSON)."""
+    result: dict = {"environment": environment(), "models": {}, "chain": {}, "notes": []}
+    result["environment"]["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    models = {"detector": detector, "classifier": classifier, **(extra_models or {})}
+    yardsticks: dict[str, Path] = {}
+    ssd = ssd_yardstick(build_yardstick)
+    if ssd:
+        yardsticks["ssd_mobilenet_v2_300"] = ssd
+    else:
+        result["notes"].append(
+            "SSD MobileNet V2 300 yardstick skipped: not built here (needs TensorFlow once)"
+        )
+    for name, file in CORAL_YARDSTICKS.items():
+        if (REFERENCE_MODELS / file).is_file():
+            yardsticks[name] = REFERENCE_MODELS / file
+        else:
+            result["notes"].append(f"{name} skipped: {REFERENCE_MODELS / file} not present")
+    # Which yardstick each role is compared with.
+    reference_of = {"detector": "ssd_mobilenet_v2_300", "classifier": "coral_mobilenet_v2_1.0_224"}
+    for role in models:
+        if role.startswith("detector"):
+            reference_of.setdefault(role, "ssd_mobilenet_v2_300")
+        elif role.startswith("classifier"):
+            reference_of.setdefault(role, "coral_mobilenet_v2_1.0_224")
+    for thread_count in threads:
+        # Interleaved per thread count: a model and its yardstick are minutes apart at most.
+        for role, path in {**models, **yardsticks}.items():
+            if not Path(path).is_file():
+                result["notes"].append(f"{role} skipped: {path} not found")
+                continue
+            progress(f"{role} at {thread_count} thread(s)")
+            key = role if thread_count == threads[0] else f"{role}@{thread_count}t"
+            result["models"][key] = {"role": role, **bench_model(Path(path), thread_count, seconds)}
+    for key, entry in result["models"].items():
+        reference = reference_of.get(entry["role"])
+        suffix = key[len(entry["role"]) :]
+        if reference and f"{reference}{suffix}" in result["models"]:
+            base = result["models"][f"{reference}{suffix}"]
+            entry["yardstick"] = reference
+            entry["ratio_to_yardstick"] = entry["p50_ms"] / base["p50_ms"]
+    for name in resolutions:
+        size = RESOLUTIONS[name]
+        sets = {"real": real_frames(size)}
+        if frames in ("sim", "both"):
+            simulated = simulated_frames(size)
+            if simulated is None:
+                result["notes"].append("simulated frames skipped: the simulation package is not installed")
+            else:
+                sets["sim"] = simulated
+        if frames == "sim" and "sim" in sets:
+            sets.pop("real")
+        for kind, images in sets.items():
+            if not images:
+                result["notes"].append(f"{name} {kind}: no frames")
+                continue
+            # The live configuration (rolling tiles) and every tile of every frame.
+            for per_frame, suffix in ((tiles_per_frame, ""), (None, "_all_tiles")):
+                key = (name if kind == "real" else f"{name}_sim") + suffix
+                progress(f"chain {key}")
+                entry = bench_chain(
+                    detector,
+                    classifier,
+                    images,
+                    chain_threads or threads[0],
+                    seconds,
+                    tiles_per_frame=per_frame,
+                )
+                entry["frames_kind"] = kind
+                ssd_key = "ssd_mobilenet_v2_300"
+                if ssd_key in result["models"]:
+                    entry["yardstick"] = ssd_key
+                    entry["ratio_to_yardstick"] = entry["p50_ms"] / result["models"][ssd_key]["p50_ms"]
+                result["chain"][key] = entry
+    return result
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = [
+        f"# galaxy-edge bench: {env.get('cpu', env['machine'])}, {env['cores']} cores, "
+        f"{env['runtime']} {env.get('runtime_version') or ''}",
+        "",
+        "| model | threads | p50 ms | p90 ms | p99 ms | min | max | std | MMAC | GMAC/s | KB | x yardstick |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key, m in result["models"].items():
+        ratio = f"{m['ratio_to_yardstick']:.3f} ({m['yardstick']})" if "ratio_to_yardstick" in m else ""
+        lines.append(
+            f"| {key} | {m['threads']} | {m['p50_ms']:.3f} | {m['p90_ms']:.3f} | {m['p99_ms']:.3f} | "
+            f"{m['min_ms']:.3f} | {m['max_ms']:.3f} | {m['std_ms']:.3f} | {m['macs'] / 1e6:.1f} | "
+            f"{(m['gmac_per_s'] or 0):.1f} | {m['size_bytes'] / 1024:.0f} | {ratio} |"
+        )
+    if result["chain"]:
+        lines += [
+            "",
+            "| chain | tiles/frame | field refresh (frames) | fps (camera 30) | max fps | p50 ms | p90 ms | "
+            "p99 ms | p90 frame age ms | dropped | x SSD yardstick |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for key, c in result["chain"].items():
+            ratio = f"{c['ratio_to_yardstick']:.2f}" if "ratio_to_yardstick" in c else ""
+            lines.append(
+                f"| {key} | {c['tiles_per_frame']} | {c['field_refresh_frames']} | {c['fps']:.1f} | "
+                f"{c['max_fps']:.1f} | {c['p50_ms']:.2f} | {c['p90_ms']:.2f} | "
+                f"{c['p99_ms']:.2f} | {c['p90_frame_age_ms']:.1f} | {c['dropped']} | {ratio} |"
+            )
+        lines += ["", "Per-stage p50 / p90 ms:", ""]
+        for key, c in result["chain"].items():
+            stages = ", ".join(f"{s} {v['p50_ms']:.2f}/{v['p90_ms']:.2f}" for s, v in c["stages"].items())
+            lines.append(f"- {key}: {stages}")
+    lines += ["", *[f"Note: {n}" for n in result["notes"]]]
+    return "\n".join(lines) + "\n"
+
+
+def save_histogram(result: dict, path: Path) -> Path | None:
+    """Latency histograms of the models at the first thread count (matplotlib is optional on a Pi)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for name, entry in result["models"].items():
+        if "@" not in name:
+            axes.hist(entry["samples_ms"], bins=60, alpha=0.6, label=name, log=True)
+    axes.set_xscale("log")
+    axes.set(xlabel="invoke latency (ms)", ylabel="count", title="galaxy-edge bench")
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+# --- reference files and regression checks (pycoral's style: per-device CSV with tolerances) ---
+
+REFERENCE_FIELDS = ("key", "metric", "value", "tolerance")
+
+
+def flatten(result: dict) -> dict[tuple[str, str], float]:
+    """(entry, metric) -> value for the figures a reference file can pin."""
+    values = {}
+    for key, m in result["models"].items():
+        values[(f"models.{key}", "p50_ms")] = m["p50_ms"]
+        if "ratio_to_yardstick" in m:
+            values[(f"models.{key}", "ratio_to_yardstick")] = m["ratio_to_yardstick"]
+    for key, c in result["chain"].items():
+        values[(f"chain.{key}", "fps")] = c["fps"]
+        values[(f"chain.{key}", "p90_frame_age_ms")] = c["p90_frame_age_ms"]
+        if "ratio_to_yardstick" in c:
+            values[(f"chain.{key}", "ratio_to_yardstick")] = c["ratio_to_yardstick"]
+    return values
+
+
+def write_reference(result: dict, path: Path, tolerance: float = 0.25) -> Path:
+    """A reference CSV from a run: ratios get the tolerance, absolute times twice that."""
+    rows = ["key,metric,value,tolerance"]
+    for (key, metric), value in sorted(flatten(result).items()):
+        slack = tolerance if metric == "ratio_to_yardstick" else 2 * tolerance
+        rows.append(f"{key},{metric},{value:.6g},{slack:.2f}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def check_reference(result: dict, path: Path) -> list[str]:
+    """Regressions against a reference CSV: a time or ratio above value x (1 + tolerance), or a
+    frame rate below value x (1 - tolerance). Entries the run lacks are skipped."""
+    import csv
+
+    measured = flatten(result)
+    problems = []
+    with Path(path).open() as handle:
+        for row in csv.DictReader(handle):
+            key = (row["key"], row["metric"])
+            if key not in measured:
+                continue
+            value, reference, tolerance = measured[key], float(row["value"]), float(row["tolerance"])
+            if row["metric"] == "fps":
+                if value < reference * (1 - tolerance):
+                    problems.append(f"{row['key']} fps {value:.1f} < {reference:.1f} - {tolerance:.0%}")
+            elif value > reference * (1 + tolerance):
+                problems.append(
+                    f"{row['key']} {row['metric']} {value:.3f} > {reference:.3f} + {tolerance:.0%}"
+                )
+    return problems
+
+
+def without_samples(result: dict) -> dict:
+    models = {k: {f: v for f, v in m.items() if f != "samples_ms"} for k, m in result["models"].items()}
+    return {**result, "models": models}
+
+
+def write_outputs(result: dict, json_path: Path | None, markdown_path: Path | None) -> None:
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(without_samples(result), indent=1))
+    if markdown_path:
+        markdown_path.parent.mkdir(parents=True, exist_ok=True)
+        markdown_path.write_text(markdown(result))
