@@ -72,6 +72,13 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         help="box class: 'galaxy', or each galaxy's Galaxy10 class name",
     )
     frames.add_argument("--stars", action="store_true", help="also write 'star' boxes")
+    frames.add_argument(
+        "--look",
+        choices=("survey", "cmos"),
+        default="survey",
+        help="camera look: SDSS-like survey frames, or an amateur colour CMOS rig (coarser pixels, "
+        "softer seeing, green Bayer balance, read noise, gamma stretch)",
+    )
     frames.add_argument("--format", choices=("jpg", "png"), default="jpg")
     frames.add_argument("--fits", action="store_true", help="also write the linear frame as FITS")
     frames.add_argument("--workers", type=_positive, help="processes (default: all cores)")
@@ -134,6 +141,7 @@ def run_frames(args: argparse.Namespace) -> int:
         stars=args.stars,
         image_format=args.format,
         fits=args.fits,
+        look=args.look,
     )
     started = time.perf_counter()
     with tqdm(total=args.n, desc="frames", unit="frame", file=sys.stderr, mininterval=1) as bar:

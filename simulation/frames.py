@@ -73,6 +73,16 @@ class FrameSettings:
     fits: bool = False
     min_galaxies: int = 8
     max_galaxies: int = 40
+    look: str = "survey"  # "survey" (SDSS-like), or "cmos": an amateur colour CMOS camera (see CAMERA_LOOKS)
+
+
+# How an amateur's colour CMOS rig differs from the survey look: coarser sampling (objects
+# fewer pixels across), softer seeing, a green-heavy Bayer balance, more read noise, a
+# brighter sky and a plain gamma stretch instead of the survey's asinh colour stretch.
+CAMERA_LOOKS = {
+    "survey": {"size_scale": 1.0, "psf_fwhm": (2.0, 4.5), "gains": (1.0, 1.0, 1.0), "noise": 0.0},
+    "cmos": {"size_scale": 0.6, "psf_fwhm": (3.5, 6.0), "gains": (0.75, 1.2, 0.85), "noise": 6.0},
+}
 
 
 @dataclass
@@ -151,7 +161,10 @@ def render_frame(settings: FrameSettings, index: int) -> tuple[np.ndarray, np.nd
     name = f"frame_{index:05d}"
     scheme = get_scheme(settings.scheme)
     linear = np.zeros((height, width, 3), np.float32)
-    psf_fwhm = rng.uniform(2.0, 4.5)
+    if settings.look not in CAMERA_LOOKS:
+        raise ValueError(f"unknown camera look {settings.look!r}: one of {', '.join(CAMERA_LOOKS)}")
+    look = CAMERA_LOOKS[settings.look]
+    psf_fwhm = rng.uniform(*look["psf_fwhm"])
     psf = seeing_psf(psf_fwhm)
     sky_sigma = 1.0
     truths: list[TruthObject] = []
@@ -162,7 +175,7 @@ def render_frame(settings: FrameSettings, index: int) -> tuple[np.ndarray, np.nd
     for _ in range(n_galaxies):
         label = int(rng.choice(scheme.num_classes, p=scheme.proportions))
         class_name = scheme.names[label]
-        hlr = _galaxy_size(rng, width, height)
+        hlr = _galaxy_size(rng, width, height) * look["size_scale"]
         x, y = rng.uniform(-0.05 * width, 1.05 * width), rng.uniform(-0.05 * height, 1.05 * height)
         galaxy = make_galaxy(settings.scheme, class_name, rng, hlr)
         mean_sb = sky_sigma * float(np.exp(rng.uniform(np.log(0.3), np.log(60.0))))
@@ -232,7 +245,13 @@ def render_frame(settings: FrameSettings, index: int) -> tuple[np.ndarray, np.nd
     stretch, q = lupton_parameters(
         sky_sigma * rng.uniform(300, 3000), sky_sigma, rng.uniform(200, 250), rng.uniform(2.0, 6.0)
     )
-    image = to_uint8(linear - sky_level * rng.uniform(0.6, 0.95), stretch=stretch, q=q)
+    if settings.look == "survey":
+        image = to_uint8(linear - sky_level * rng.uniform(0.6, 0.95), stretch=stretch, q=q)
+    else:
+        scaled = (linear - sky_level * 0.8) * np.asarray(look["gains"], np.float32) / (sky_sigma * 120)
+        gamma = np.clip(scaled, 0, 1) ** (1 / 2.2) * 255
+        gamma += rng.normal(0, look["noise"], gamma.shape)
+        image = np.clip(gamma, 0, 255).astype(np.uint8)
     return image, linear, truths
 
 
