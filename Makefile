@@ -7,7 +7,7 @@ EDGE_STAMP := $(VENV)/.installed-edge
 ALL_STAMP := $(VENV)/.installed-all
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test lint venv venv-edge clean
+.PHONY: demo test lint venv venv-edge clean train train-quick
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ demo: $(EDGE_STAMP)
 		echo "No detector is shipped yet in models/ ($(DETECTOR)): the demo needs the trained models."; \
 		exit 0; fi; \
 	$(CLI) run --source samples --out out/demo
+
+# Reproduce the shipped models from nothing (hours on 2 cores: see README); train-quick runs
+# every step on tiny data into runs/quick as a smoke test.
+train: $(ALL_STAMP)
+	bash scripts/train_models.sh
+
+train-quick: $(ALL_STAMP)
+	QUICK=1 bash scripts/train_models.sh
 
 lint: $(ALL_STAMP)
 	$(PY) -m ruff check .

@@ -82,7 +82,8 @@ def coco_evaluation(detector, pairs: Sequence, labels: Sequence[str]) -> tuple[d
         truth.createIndex()
         found_coco = truth.loadRes(results) if results else None
         if found_coco is None:
-            return {"map": 0.0, "map50": 0.0, "map75": 0.0, "ar1": 0.0, "ar10": 0.0, "ar100": 0.0}, per_image
+            empty = {k: 0.0 for k in ("map", "map50", "map75", "ar1", "ar10", "ar100")}
+            return {**empty, "pr_curve_iou50": [0.0] * 101}, per_image
         evaluation = COCOeval(truth, found_coco, "bbox")
         evaluation.params.maxDets = [1, 10, 100]
         evaluation.evaluate()
@@ -170,7 +171,10 @@ def gz2_central_recall(detector, folder: Path, threshold: float) -> dict:
     and has a plausible size, and the number of other detections per image."""
     from galaxy_edge.files import IMAGE_SUFFIXES
 
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    folder = Path(folder)
+    if (folder / "images").is_dir():  # the Kaggle layout: labels.csv beside images/
+        folder = folder / "images"
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise GalaxyEdgeError(f"{folder}: no images")
     hits, others, missed = 0, 0, []

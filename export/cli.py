@@ -114,9 +114,11 @@ def run_export_detector(args: argparse.Namespace) -> int:
     labels = summary["config"]["labels"]
     parity = {"frames": len(pairs)}
     with tempfile.TemporaryDirectory() as workdir:
-        reference = Path(workdir) / "float32.tflite"
-        export_detector(args.model, reference, "float32")
-        for name, path in (("float32", reference), (args.to, args.out)):
+        compared = {args.to: args.out}
+        if args.to != "float32":
+            compared["float32"] = Path(workdir) / "float32.tflite"
+            export_detector(args.model, compared["float32"], "float32")
+        for name, path in compared.items():
             detector = Detector(path)
             detector.score_threshold = MAP_SCORE_THRESHOLD
             metrics, _ = coco_evaluation(detector, pairs, labels)
@@ -125,7 +127,7 @@ def run_export_detector(args: argparse.Namespace) -> int:
     metrics = {
         "evaluated_on": str(args.data),
         "evaluated_frames": len(pairs),
-        **{f"{name}_{k}": v for name in ("float32", args.to) for k, v in parity[name].items()},
+        **{f"{name}_{k}": v for name in compared for k, v in parity[name].items()},
     }
     card = write_detector_card(
         args.out,
@@ -140,9 +142,11 @@ def run_export_detector(args: argparse.Namespace) -> int:
     )
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB) and {card}")
     print(
-        f"mAP@0.5 float32 {parity['float32']['map50']:.4f}, {args.to} {parity[args.to]['map50']:.4f}; "
-        f"mAP@0.5:0.95 float32 {parity['float32']['map']:.4f}, {args.to} {parity[args.to]['map']:.4f} "
-        f"on {len(pairs)} frames"
+        "; ".join(
+            f"{name}: mAP@0.5 {parity[name]['map50']:.4f}, mAP@0.5:0.95 {parity[name]['map']:.4f}"
+            for name in compared
+        )
+        + f" on {len(pairs)} frames"
     )
     if readiness is not None:
         print(

@@ -144,15 +144,11 @@ def write_report(report: dict, json_path: Path) -> tuple[Path, Path]:
     lines = [f"# Export report: {report.get('model', '')}", ""]
     parity = report.get("parity")
     if parity and "float32" in parity:  # detector
-        quantized = next(k for k in parity if k not in ("float32", "frames"))
-        lines += [f"| | float32 | {quantized} |", "|---|---|---|"]
-        for key, title in (
-            ("map50", "mAP@0.5"),
-            ("map", "mAP@0.5:0.95"),
-            ("ar10", "AR@10"),
-            ("ar100", "AR@100"),
-        ):
-            lines.append(f"| {title} | {parity['float32'][key]:.4f} | {parity[quantized][key]:.4f} |")
+        columns = ["float32"] + [k for k in parity if k not in ("float32", "frames")]
+        lines += ["| | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+        titles = {"map50": "mAP@0.5", "map": "mAP@0.5:0.95", "ar10": "AR@10", "ar100": "AR@100"}
+        for key, title in titles.items():
+            lines.append(f"| {title} | " + " | ".join(f"{parity[c][key]:.4f}" for c in columns) + " |")
         lines += ["", f"On {parity['frames']} frames, through the edge runtime (tiling, decoding, NMS).", ""]
     elif parity:
         lines += [

@@ -134,3 +134,44 @@ def test_run_writes_results_on_the_pi(pi_python: Path, tiny_models, frames: Path
     lines = (tmp_path / "out" / "detections.jsonl").read_text().splitlines()
     assert len(lines) == 2 and len(json.loads(lines[1])["detections"]) == 3
     assert len((tmp_path / "out" / "catalog.csv").read_text().splitlines()) == 1 + 5
+
+
+SHIPPED = sorted((REPO / "models").glob("*.tflite"))
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped models in models/")
+def test_shipped_models_agree_under_tflite_runtime_2_14(pi_python: Path) -> None:
+    """Every shipped model loads in the Pi's tflite-runtime 2.14 and gives what ai-edge-litert
+    gives: the same top-1 for >= 99 % of real crops, the same detections at IoU >= 0.9."""
+    outputs = {}
+    for python in (pi_python, Path(sys.executable)):
+        result = subprocess.run(
+            [str(python), "-m", "tests.model_outputs", str(REPO / "models"), str(REPO / "samples")],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            timeout=1200,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs[python] = json.loads(result.stdout)
+    arm, x86 = outputs[pi_python], outputs[Path(sys.executable)]
+    assert sorted(arm) == sorted(x86) == [p.name for p in SHIPPED]
+    for name in arm:
+        if isinstance(arm[name][0], list):  # classifier probabilities
+            a, x = np.array(arm[name]), np.array(x86[name])
+            agreement = (a.argmax(1) == x.argmax(1)).mean()
+            largest = np.abs(a - x).max()
+            print(f"{name}: top-1 agreement {agreement:.4f}, largest probability difference {largest:.4f}")
+            assert agreement >= 0.99
+            continue
+        for a, x in zip(arm[name], x86[name], strict=True):
+            boxes_a, boxes_x = np.array(a["boxes"]).reshape(-1, 4), np.array(x["boxes"]).reshape(-1, 4)
+            strong_a = boxes_a[np.array(a["scores"]) >= 0.5]
+            strong_x = boxes_x[np.array(x["scores"]) >= 0.5]
+            # Confident detections must be found by both runtimes; borderline ones may flip.
+            if len(strong_a):
+                assert len(boxes_x) and iou_matrix(strong_a, boxes_x).max(axis=1).min() >= 0.9
+            if len(strong_x):
+                assert len(boxes_a) and iou_matrix(strong_x, boxes_a).max(axis=1).min() >= 0.9

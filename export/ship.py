@@ -1,0 +1,80 @@
+"""Put a trained model in models/: the Keras checkpoint without optimizer state (for
+fine-tuning with `train --from`) and its training summary, and evaluation results merged into
+a model card.
+
+    python -m export.ship RUN/classifier.keras models/galaxy10_classifier.keras \
+        [--card models/galaxy10_classifier_int8.json --evaluation RUN/eval/evaluation.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def ship_keras(source: Path, target: Path) -> Path:
+    import keras
+
+    model = keras.models.load_model(source, compile=False)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model.save(target)  # uncompiled: weights and architecture only
+    summary = source.with_suffix(".json")
+    if summary.is_file():
+        values = json.loads(summary.read_text())
+        values.pop("history", None)
+        target.with_suffix(".json").write_text(json.dumps(values, indent=1))
+    return target
+
+
+def merge_evaluation(card_path: Path, evaluation_path: Path) -> Path:
+    """Copy the evaluation's figures (not its long curves) into the card's metrics."""
+    card = json.loads(card_path.read_text())
+    report = json.loads(evaluation_path.read_text())
+    metrics = card.setdefault("metrics", {})
+    if "data" in report and "accuracy" in report.get("data", {}):  # classifier
+        data = report["data"]
+        metrics["simulated_held_out"] = {
+            k: data[k]
+            for k in ("source", "count", "accuracy", "macro_roc_auc", "expected_calibration_error")
+            if k in data
+        }
+        metrics["simulated_held_out"]["confusion_matrix"] = data.get("confusion_matrix")
+        metrics["simulated_held_out"]["per_class_recall"] = {
+            name: values["recall"] for name, values in data.get("per_class", {}).items()
+        }
+    if "gz2_spiral_check" in report:
+        metrics["real_gz2_spiral_check"] = report["gz2_spiral_check"]
+    if "coco" in report:  # detector
+        metrics["simulated_held_out"] = {
+            "source": report["data"]["source"],
+            "frames": report["data"]["frames"],
+            **{k: v for k, v in report["coco"].items() if k != "pr_curve_iou50"},
+        }
+    if "gz2_central" in report:
+        metrics["real_gz2_central_galaxy"] = report["gz2_central"]
+    if report.get("sky_frames"):
+        metrics["real_sky_frames"] = report["sky_frames"]
+    card_path.write_text(json.dumps(card, indent=1))
+    return card_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("source", type=Path)
+    parser.add_argument("target", type=Path)
+    parser.add_argument("--card", type=Path, action="append", default=[])
+    parser.add_argument("--evaluation", type=Path)
+    args = parser.parse_args(argv)
+    ship_keras(args.source, args.target)
+    for card in args.card:
+        if args.evaluation:
+            merge_evaluation(card, args.evaluation)
+    print(f"shipped {args.target}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Reproduce the shipped models end to end with the project's own commands: simulation,
+# tuning, training, evaluation, export, reports. `make train` runs it; `make train-quick`
+# (QUICK=1) runs every step on tiny data into runs/quick as a smoke test.
+#
+# Environment: QUICK=1 (tiny, writes nothing to models/), TUNE=0 (skip the Bayesian search
+# and train the default configuration), OUT (work folder, default runs/make_train),
+# MODELS (where the int8 files and cards go, default models/).
+set -euo pipefail
+
+CLI=${CLI:-.venv/bin/galaxy-edge}
+QUICK=${QUICK:-0}
+TUNE=${TUNE:-1}
+if [ "$QUICK" = 1 ]; then
+    OUT=${OUT:-runs/quick}
+    MODELS=${MODELS:-$OUT/models}
+    STAMPS=600 TEST_STAMPS=200 TRIALS=2 TUNE_EPOCHS=1 CLASSIFIER_EPOCHS=2
+    FRAMES=12 TEST_FRAMES=4 FRAME_SIZE=640x480 DETECTOR_EPOCHS=2 STEPS=5 PARITY=200
+else
+    OUT=${OUT:-runs/make_train}
+    MODELS=${MODELS:-models}
+    STAMPS=20000 TEST_STAMPS=3000 TRIALS=12 TUNE_EPOCHS=4 CLASSIFIER_EPOCHS=20
+    FRAMES=360 TEST_FRAMES=40 FRAME_SIZE=1280x720 DETECTOR_EPOCHS=40 STEPS=100 PARITY=3000
+fi
+DATA=$OUT/data
+mkdir -p "$OUT" "$MODELS" docs
+started=$(date +%s)
+step() { echo "== $(( $(date +%s) - started )) s: $*" >&2; }
+
+step "simulated Galaxy10 DECaLS stamps"
+[ -f "$DATA/stamps_train/galaxy10_decals_sim_69px_seed11.h5" ] ||
+    $CLI simulate stamps --n "$STAMPS" --seed 11 --out "$DATA/stamps_train"
+[ -f "$DATA/stamps_test/galaxy10_decals_sim_69px_seed99.h5" ] ||
+    $CLI simulate stamps --n "$TEST_STAMPS" --seed 99 --out "$DATA/stamps_test"
+TRAIN_H5=$DATA/stamps_train/galaxy10_decals_sim_69px_seed11.h5
+TEST_H5=$DATA/stamps_test/galaxy10_decals_sim_69px_seed99.h5
+
+CONFIG=()
+if [ "$TUNE" = 1 ]; then
+    step "Bayesian search of the classifier under the 150k-parameter budget (resumable)"
+    $CLI tune --data "$TRAIN_H5" --trials "$TRIALS" --epochs "$TUNE_EPOCHS" --out "$OUT/tune"
+    CONFIG=(--config "$OUT/tune/tuning.json")
+fi
+
+step "classifier: simulated stamps plus the weak-training half of GZ2 (spiral or not)"
+$CLI train --classifier --data "$TRAIN_H5" "${CONFIG[@]}" --gz2-weak --epochs "$CLASSIFIER_EPOCHS" \
+    --out "$OUT/classifier"
+$CLI evaluate --classifier --model "$OUT/classifier/classifier.keras" --data "$TEST_H5" --gz2 \
+    --out "$OUT/classifier/eval"
+
+step "classifier export: int8 and float32 with cards and parity reports"
+$CLI export "$OUT/classifier/classifier.keras" --to int8 --data "$TEST_H5" --parity-count "$PARITY" \
+    --out "$MODELS/galaxy10_classifier_int8.tflite"
+$CLI export "$OUT/classifier/classifier.keras" --to float32 --data "$TEST_H5" --parity-count "$PARITY" \
+    --out "$MODELS/galaxy10_classifier_float32.tflite"
+
+step "simulated frames with labelImg XML"
+[ -d "$DATA/det_train" ] || $CLI simulate frames --n "$FRAMES" --size "$FRAME_SIZE" --seed 100 --out "$DATA/det_train"
+[ -d "$DATA/det_test" ] || $CLI simulate frames --n "$TEST_FRAMES" --size "$FRAME_SIZE" --seed 200 --out "$DATA/det_test"
+
+step "detector (resumes from its checkpoint if interrupted)"
+$CLI train --detector --data "$DATA/det_train" --split 0.9,0.1,0 --epochs "$DETECTOR_EPOCHS" \
+    --steps-per-epoch "$STEPS" --out "$OUT/detector"
+
+step "detector export: int8 and float32 with cards and parity reports"
+$CLI export "$OUT/detector/detector.keras" --to int8 --data "$DATA/det_test" \
+    --out "$MODELS/galaxy_detector_int8.tflite"
+$CLI export "$OUT/detector/detector.keras" --to float32 --data "$DATA/det_test" \
+    --out "$MODELS/galaxy_detector_float32.tflite"
+
+step "detector evaluation: simulated held-out frames, real GZ2 central galaxies, the real SDSS field"
+SKY=../shared/data/sky_frames/sdss_1045_301_2_129.jpg
+SKY_ARGS=()
+[ -f "$SKY" ] && SKY_ARGS=(--sky-frame "$SKY")
+GZ2_ARGS=()
+[ -d ../shared/data/gz2_kaggle_1400 ] && GZ2_ARGS=(--gz2)
+$CLI evaluate --detector --model "$MODELS/galaxy_detector_int8.tflite" --data "$DATA/det_test" \
+    "${GZ2_ARGS[@]}" "${SKY_ARGS[@]}" --out "$OUT/detector/eval"
+
+step "Keras checkpoints for fine-tuning (without optimizer state) beside the int8 files"
+.venv/bin/python -m export.ship "$OUT/classifier/classifier.keras" "$MODELS/galaxy10_classifier.keras" \
+    --card "$MODELS/galaxy10_classifier_int8.json" --card "$MODELS/galaxy10_classifier_float32.json" \
+    --evaluation "$OUT/classifier/eval/evaluation.json"
+.venv/bin/python -m export.ship "$OUT/detector/detector.keras" "$MODELS/galaxy_detector.keras" \
+    --card "$MODELS/galaxy_detector_int8.json" --evaluation "$OUT/detector/eval/report.json"
+[ "$QUICK" = 1 ] || cp "$OUT/detector/eval/sdss_1045_301_2_129_detections.jpg" docs/ 2>/dev/null || true
+
+step "done in $(( $(date +%s) - started )) s; models in $MODELS"
