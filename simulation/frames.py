@@ -3,8 +3,9 @@ trails), galaxies of every class from a few pixels to hundreds, sky gradients, n
 pixels and cosmic rays; camera-like 8-bit RGB plus optionally the linear data as FITS.
 
 Every object is drawn by GalSim into its own noise-free stamp first, so its box is exact:
-the smallest box holding 95% of the object's light along each axis, which holds at least
-90% of it in all. Detector effects (bleeding, hot pixels, cosmic rays) are drawn with numpy.
+the smallest box holding 95% of the object's light along each axis, cut down to where the
+object stands above the sky noise (what an annotator would draw; see visible_box). Detector
+effects (bleeding, hot pixels, cosmic rays) are drawn with numpy.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from simulation.render import (
 DIFFICULT_SNR = 10.0
 DIFFICULT_FOOTPRINT = 15
 FOOTPRINT_SIGMA = 2.0
+VISIBLE_SIGMA = 1.0  # a box ends where the galaxy fades below the sky noise (see visible_box)
 UNRESOLVED_HLR = 0.5  # galaxies with a half-light radius under this many PSF FWHMs are difficult
 TRUTH_FIELDS = (
     "frame",
@@ -125,6 +127,26 @@ def light_box(x0: int, y0: int, mono: np.ndarray, fraction: float = 0.95) -> tup
     xa, xb = span(light.sum(axis=0))
     ya, yb = span(light.sum(axis=1))
     return x0 + xa, y0 + ya, x0 + xb, y0 + yb
+
+
+def visible_box(
+    x0: int, y0: int, mono: np.ndarray, threshold: float, light: tuple[int, int, int, int]
+) -> tuple[int, int, int, int]:
+    """What an annotator would draw: the 95 %-light box cut down to the pixels where the
+    noise-free galaxy stands `threshold` above the sky. A faint, large galaxy's 95 %-light box
+    reaches far into the noise, where no one sees it; a bright one's isophote is wider than its
+    light box. With no pixel above the threshold (an object nobody sees), the light box."""
+    rows, columns = np.nonzero(mono > threshold)
+    if len(rows) == 0:
+        return light
+    iso = (
+        x0 + int(columns.min()),
+        y0 + int(rows.min()),
+        x0 + int(columns.max()) + 1,
+        y0 + int(rows.max()) + 1,
+    )
+    box = (max(light[0], iso[0]), max(light[1], iso[1]), min(light[2], iso[2]), min(light[3], iso[3]))
+    return box if box[2] > box[0] and box[3] > box[1] else light
 
 
 def _clip_box(box: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:
@@ -272,7 +294,8 @@ def _truth(
     height: int,
 ) -> TruthObject:
     total = float(np.clip(mono, 0, None).sum())
-    full_box = light_box(x0, y0, mono)
+    threshold = FOOTPRINT_SIGMA * sky_sigma / np.sqrt(3)
+    full_box = visible_box(x0, y0, mono, VISIBLE_SIGMA * sky_sigma / np.sqrt(3), light_box(x0, y0, mono))
     box = _clip_box(full_box, width, height)
     inside_frame = _fraction_inside(x0, y0, mono, (0, 0, width, height), total)
     return TruthObject(
@@ -285,7 +308,7 @@ def _truth(
         flux=flux,
         hlr=hlr,
         snr=_snr(mono, sky_sigma / np.sqrt(3)),
-        footprint=int((mono > FOOTPRINT_SIGMA * sky_sigma / np.sqrt(3)).sum()),
+        footprint=int((mono > threshold).sum()),
         xmin=box[0],
         ymin=box[1],
         xmax=box[2],
