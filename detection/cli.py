@@ -134,7 +134,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if coco:
         print(
             f"mAP@0.5 {coco['map50']:.4f}, mAP@0.5:0.95 {coco['map']:.4f}, AR@10 {coco['ar10']:.4f} "
-            f"on {report['data']['frames']} frames ({report['data']['boxes']} boxes)"
+            f"on {report['data']['frames']} frames ({report['data']['boxes']} boxes); best F1 "
+            f"{coco.get('best_f1_iou50', 0):.3f} at score {coco.get('best_f1_threshold', 0):.2f}"
         )
     if "gz2_central" in report:
         central = report["gz2_central"]

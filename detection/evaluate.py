@@ -105,7 +105,16 @@ def coco_evaluation(detector, pairs: Sequence, labels: Sequence[str]) -> tuple[d
         "ar_large": float(s[11]),
     }
     # Precision at IoU 0.5 over the 101 recall points, all areas, 100 detections, first class.
-    metrics["pr_curve_iou50"] = [float(v) for v in evaluation.eval["precision"][0, :, 0, 0, 2]]
+    precision = evaluation.eval["precision"][0, :, 0, 0, 2]
+    metrics["pr_curve_iou50"] = [float(v) for v in precision]
+    # The score threshold with the best F1 at IoU 0.5: a default for the model card.
+    recall = np.linspace(0, 1, len(precision))
+    f1 = np.where(precision > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-9), 0)
+    best = int(np.argmax(f1))
+    metrics["best_f1_iou50"] = float(f1[best])
+    metrics["best_f1_threshold"] = float(evaluation.eval["scores"][0, best, 0, 0, 2])
+    metrics["best_f1_recall"] = float(recall[best])
+    metrics["best_f1_precision"] = float(precision[best])
     return metrics, per_image
 
 

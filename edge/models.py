@@ -223,7 +223,13 @@ class Detector(TFLiteModel):
 
     def _decode_postprocessed(self, outputs: list[np.ndarray]) -> Detections:
         # TFLite_Detection_PostProcess: boxes (1, N, 4) as ymin, xmin, ymax, xmax; classes; scores; count.
-        boxes, classes, scores, count = (o.reshape(-1) if i else o for i, o in enumerate(outputs))
+        order = {"boxes": 0, "classes": 1, "scores": 2, "count": 3}
+        if set(self.decoding.outputs) == set(order):  # the card says which output is which
+            order = self.decoding.outputs
+        boxes, classes, scores, count = (
+            outputs[order[k]] if k == "boxes" else outputs[order[k]].reshape(-1)
+            for k in ("boxes", "classes", "scores", "count")
+        )
         n = int(count[0])
         keep = np.flatnonzero(scores[:n] >= self.score_threshold)
         yx = boxes.reshape(-1, 4)[keep]

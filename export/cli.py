@@ -36,6 +36,12 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "--score-threshold", type=float, default=0.35, help="detector: default score threshold in the card"
     )
     export.add_argument(
+        "--postprocess",
+        action="store_true",
+        help="detector: int8 with the TFLite_Detection_PostProcess op in the graph (float outputs: boxes, "
+        "classes, scores, count) for tools that expect that layout; decoding otherwise happens in edge/",
+    )
+    export.add_argument(
         "--out", type=Path, required=True, help="the .tflite to write (card and report beside it)"
     )
     export.set_defaults(handler=run_export)
@@ -105,11 +111,26 @@ def run_export_detector(args: argparse.Namespace) -> int:
     from annotations.dataset import usable_pairs
     from detection.evaluate import MAP_SCORE_THRESHOLD, coco_evaluation
     from edge.models import Detector
-    from export.detector import detector_summary, export_detector, write_detector_card
+    from export.detector import (
+        detector_summary,
+        export_detector,
+        export_postprocess_variant,
+        write_detector_card,
+    )
     from export.reports import edgetpu_readiness, write_report
+    from galaxy_edge.errors import GalaxyEdgeError
 
     summary = detector_summary(args.model)
-    export_detector(args.model, args.out, args.to, args.data, args.calibration_count, args.score_threshold)
+    if args.postprocess:
+        if args.to != "int8":
+            raise GalaxyEdgeError("--postprocess goes with --to int8")
+        export_postprocess_variant(
+            args.model, args.out, args.data, args.calibration_count, args.score_threshold
+        )
+    else:
+        export_detector(
+            args.model, args.out, args.to, args.data, args.calibration_count, args.score_threshold
+        )
     pairs = usable_pairs(args.data)[: args.parity_count]
     labels = summary["config"]["labels"]
     parity = {"frames": len(pairs)}
@@ -123,19 +144,26 @@ def run_export_detector(args: argparse.Namespace) -> int:
             detector.score_threshold = MAP_SCORE_THRESHOLD
             metrics, _ = coco_evaluation(detector, pairs, labels)
             parity[name] = {k: metrics[k] for k in ("map50", "map", "ar10", "ar100")}
-    readiness = edgetpu_readiness(args.out) if args.to == "int8" else None
+    # The custom post-processing op runs on the CPU: such a model is not for the Edge TPU whole.
+    readiness = edgetpu_readiness(args.out) if args.to == "int8" and not args.postprocess else None
     metrics = {
         "evaluated_on": str(args.data),
         "evaluated_frames": len(pairs),
         **{f"{name}_{k}": v for name in compared for k, v in parity[name].items()},
     }
-    card = write_detector_card(
-        args.out,
-        summary,
-        args.score_threshold,
-        metrics=metrics,
-        extra={"calibration": {"count": args.calibration_count, "source": str(args.data)}},
-    )
+    card = args.out.with_suffix(".json")
+    if args.postprocess:  # keep the post-processing card, add the metrics
+        values = json.loads(card.read_text())
+        values["metrics"] = metrics
+        card.write_text(json.dumps(values, indent=1))
+    else:
+        card = write_detector_card(
+            args.out,
+            summary,
+            args.score_threshold,
+            metrics=metrics,
+            extra={"calibration": {"count": args.calibration_count, "source": str(args.data)}},
+        )
     report_json, report_md = write_report(
         {"model": str(args.out), "parity": parity, "edgetpu": readiness},
         args.out.with_name(args.out.stem + "_report.json"),

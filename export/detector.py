@@ -164,3 +164,115 @@ def export_detector(
     )
     write_detector_card(out, summary, score_threshold, extra=extra)
     return out
+
+
+def _postprocess_attributes(summary: dict, score_threshold: float, max_detections: int) -> str:
+    """The `experimental_implements` signature that TFLiteConverter turns into the
+    TFLite_Detection_PostProcess custom op (the TF Object Detection API's recipe)."""
+    variance = summary["config"]["box_variance"]
+    attributes = {
+        "max_detections": ("i", max_detections),
+        "max_classes_per_detection": ("i", 1),
+        "detections_per_class": ("i", max_detections),
+        "use_regular_nms": ("b", "false"),
+        "nms_score_threshold": ("f", score_threshold),
+        "nms_iou_threshold": ("f", 0.5),
+        "y_scale": ("f", 1 / variance[0]),
+        "x_scale": ("f", 1 / variance[1]),
+        "h_scale": ("f", 1 / variance[2]),
+        "w_scale": ("f", 1 / variance[3]),
+        "num_classes": ("i", len(summary["config"]["labels"])),
+    }
+    parts = ['name: "TFLite_Detection_PostProcess"']
+    parts += [f'attr {{ key: "{k}" value {{ {t}: {v} }} }}' for k, (t, v) in attributes.items()]
+    return " ".join(parts)
+
+
+def _postprocess_output_order(model_path: Path) -> dict[str, int]:
+    """Which output is which: the custom op's outputs are named OP, OP:1, OP:2, OP:3 for
+    boxes, classes, scores and count, whatever order the signature lists them in."""
+    from edge.interpreter import load_interpreter
+
+    details = load_interpreter(model_path).get_output_details()
+    roles = {"": "boxes", "1": "classes", "2": "scores", "3": "count"}
+    order = {}
+    for index, detail in enumerate(details):
+        name = detail["name"]
+        suffix = name.rsplit(":", 1)[1] if ":" in name and name.rsplit(":", 1)[1].isdigit() else ""
+        order[roles.get(suffix, "boxes")] = index
+    if sorted(order) != sorted(roles.values()):  # names not as expected: fall back on shapes
+        order = {"boxes": 0, "classes": 1, "scores": 2, "count": 3}
+        for index, detail in enumerate(details):
+            if len(detail["shape"]) == 3:
+                order["boxes"] = index
+            elif int(np.prod(detail["shape"])) == 1:
+                order["count"] = index
+    return order
+
+
+def export_postprocess_variant(
+    keras_path: Path,
+    out: Path,
+    calibration_frames: Path,
+    calibration_count: int = 300,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    max_detections: int = 100,
+) -> Path:
+    """The int8 detector with TFLite_Detection_PostProcess in the graph (float outputs: boxes
+    ymin/xmin/ymax/xmax, classes, scores, count), for tools that expect that layout. Built as an
+    ExportArchive endpoint calling a tf.function with `experimental_implements`, converted from
+    the saved model."""
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+
+    from detection.anchors import AnchorSpec, anchors_center_yxhw
+
+    summary = detector_summary(keras_path)
+    model = keras.models.load_model(keras_path, compile=False)
+    size = int(model.input_shape[1])
+    anchors = tf.constant(anchors_center_yxhw(AnchorSpec.from_dict(summary["config"]["anchors"])))
+
+    @tf.function(experimental_implements=_postprocess_attributes(summary, score_threshold, max_detections))
+    def postprocess(box_encodings, class_predictions, anchor_boxes):
+        # Placeholder body: the converter replaces the whole function with the custom op.
+        del box_encodings, class_predictions, anchor_boxes
+        boxes = tf.constant(0.0, tf.float32, name="boxes")
+        classes = tf.constant(0.0, tf.float32, name="classes")
+        scores = tf.constant(0.0, tf.float32, name="scores")
+        count = tf.constant(0.0, tf.float32, name="num_detections")
+        return boxes, classes, scores, count
+
+    def serve(image):
+        outputs = model(image, training=False)
+        probabilities = tf.sigmoid(outputs["scores"])
+        # The op expects a background column first.
+        with_background = tf.concat([tf.zeros_like(probabilities[..., :1]), probabilities], axis=-1)
+        return postprocess(outputs["boxes"], with_background, anchors)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=[tf.TensorSpec((1, size, size, 3), tf.float32)])
+    representative = calibration_tiles(calibration_frames, size, calibration_count).astype(np.float32)
+    with tempfile.TemporaryDirectory() as folder:
+        archive.write_out(folder)
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serve"])
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([tile[None]] for tile in representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.allow_custom_ops = True
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(converter.convert())
+    card_file = write_detector_card(out, summary, score_threshold)
+    card = json.loads(card_file.read_text())
+    card["decoding"] = {
+        "type": "tflite_detection_postprocess",
+        "score_threshold": score_threshold,
+        "max_detections": max_detections,
+        "outputs": _postprocess_output_order(out),
+        "note": "in-graph TFLite_Detection_PostProcess: float outputs, boxes ymin, xmin, ymax, xmax in 0-1",
+    }
+    card_file.write_text(json.dumps(card, indent=1))
+    return out
