@@ -128,12 +128,51 @@ class TargetEncoder:
     """Anchor targets for one image: SSD matching, and delta encoding with
     keras.utils.bounding_boxes (the edge runtime decodes the same deltas)."""
 
-    def __init__(self, spec: AnchorSpec, classes: int, box_variance: Sequence[float]) -> None:
-        self.spec, self.classes = spec, classes
+    def __init__(
+        self, spec: AnchorSpec, classes: int, box_variance: Sequence[float], matching: str = "atss"
+    ) -> None:
+        self.spec, self.classes, self.matching = spec, classes, matching
         self.anchors_yxhw = anchors_center_yxhw(spec)
         cy, cx, h, w = self.anchors_yxhw.T
         self.anchors_yxyx = np.column_stack([cy - h / 2, cx - w / 2, cy + h / 2, cx + w / 2])
         self.variance = np.asarray(box_variance, np.float32)
+        self.level_slices = []
+        start = 0
+        for level in range(len(spec.strides)):
+            stop = start + spec.grid(level) ** 2 * spec.per_location
+            self.level_slices.append(slice(start, stop))
+            start = stop
+
+    def _atss(self, iou: np.ndarray, yxyx: np.ndarray, top_k: int = 9) -> tuple[np.ndarray, np.ndarray]:
+        """Adaptive training sample selection (Zhang et al. 2020): per box, the top_k anchors
+        of each level nearest its centre are candidates; those whose IoU reaches the mean plus
+        the standard deviation of the candidates' IoUs, with their centre inside the box, are
+        positives. Sizes and levels then need no hand-set IoU threshold, and small galaxies get
+        as many positives as large ones. Returns (positive mask, matched box per anchor)."""
+        centres = self.anchors_yxhw[:, :2]
+        box_centres = (yxyx[:, :2] + yxyx[:, 2:]) / 2
+        distance = np.linalg.norm(centres[:, None, :] - box_centres[None, :, :], axis=-1)
+        candidates = np.zeros_like(iou, bool)
+        for level in self.level_slices:
+            k = min(top_k * self.spec.per_location, level.stop - level.start)
+            nearest = np.argpartition(distance[level], k - 1, axis=0)[:k]
+            candidates[level.start + nearest, np.arange(len(yxyx))[None, :]] = True
+        candidate_iou = np.where(candidates, iou, np.nan)
+        threshold = np.nanmean(candidate_iou, axis=0) + np.nanstd(candidate_iou, axis=0)
+        inside = (
+            (centres[:, None, 0] > yxyx[None, :, 0])
+            & (centres[:, None, 0] < yxyx[None, :, 2])
+            & (centres[:, None, 1] > yxyx[None, :, 1])
+            & (centres[:, None, 1] < yxyx[None, :, 3])
+        )
+        accepted = candidates & (iou >= threshold[None, :]) & inside
+        # A box smaller than the anchor spacing may hold no anchor centre: its best candidate.
+        empty = ~accepted.any(axis=0) & candidates.any(axis=0)
+        if empty.any():
+            best = np.nanargmax(np.where(candidates[:, empty], iou[:, empty], -1.0), axis=0)
+            accepted[best, np.flatnonzero(empty)] = True
+        scored = np.where(accepted, iou, -1.0)
+        return scored.max(axis=1) > 0, scored.argmax(axis=1)
 
     def encode(
         self, boxes: np.ndarray, classes: np.ndarray, ignore: np.ndarray
@@ -158,16 +197,18 @@ class TargetEncoder:
         if not trainable.any():
             return box_target, score_target
         iou_t = iou[:, trainable]
-        best_box = iou_t.argmax(axis=1)
-        best_iou = iou_t.max(axis=1)
-        positive = best_iou >= POSITIVE_IOU
-        # Every box gets at least its best anchor (tiny galaxies overlap no anchor by 0.5).
-        best_anchor = iou_t.argmax(axis=0)
-        has_overlap = iou_t[best_anchor, np.arange(iou_t.shape[1])] > 0
-        best_box[best_anchor[has_overlap]] = np.flatnonzero(has_overlap)
-        positive[best_anchor[has_overlap]] = True
-        between = ~positive & (best_iou >= NEGATIVE_IOU)
-        score_target[between, -1] = 0.0
+        if self.matching == "atss":
+            positive, best_box = self._atss(iou_t, yxyx[trainable])
+        else:  # SSD: IoU thresholds, every box at least its best anchor, a band ignored
+            best_box = iou_t.argmax(axis=1)
+            best_iou = iou_t.max(axis=1)
+            positive = best_iou >= POSITIVE_IOU
+            best_anchor = iou_t.argmax(axis=0)
+            has_overlap = iou_t[best_anchor, np.arange(iou_t.shape[1])] > 0
+            best_box[best_anchor[has_overlap]] = np.flatnonzero(has_overlap)
+            positive[best_anchor[has_overlap]] = True
+            between = ~positive & (iou_t.max(axis=1) >= NEGATIVE_IOU)
+            score_target[between, -1] = 0.0
         matched = yxyx[trainable][best_box[positive]]
         deltas = bounding_boxes.encode_box_to_deltas(
             anchors=self.anchors_yxyx[positive],

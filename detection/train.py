@@ -28,6 +28,7 @@ class DetectorTrainSettings:
     seed: int = 0
     verbose: int = 2
     freeze_backbone: bool = False  # fine-tuning on a few dozen frames: train the heads only
+    matching: str = "atss"  # anchor assignment: "atss" (adaptive) or "ssd" (IoU thresholds)
 
 
 def _positives(y_true, column: int):
@@ -112,7 +113,7 @@ def train_detector(
     model = initial if initial is not None else build_detector(config, backbone_weights)
     if settings.freeze_backbone:
         model.get_layer("backbone").trainable = False
-    encoder = TargetEncoder(config.anchors, len(config.labels), config.box_variance)
+    encoder = TargetEncoder(config.anchors, len(config.labels), config.box_variance, settings.matching)
     stream = SampleStream(train_frames, encoder, seed=settings.seed)
     count = config.anchors.count()
     signature = (

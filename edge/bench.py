@@ -430,6 +430,17 @@ def markdown(result: dict) -> str:
         for key, c in result["chain"].items():
             stages = ", ".join(f"{s} {v['p50_ms']:.2f}/{v['p90_ms']:.2f}" for s, v in c["stages"].items())
             lines.append(f"- {key}: {stages}")
+    if result.get("arm_icount"):
+        lines += [
+            "",
+            "| arm64 instructions (emulated Pi userland) | millions | x yardstick |",
+            "|---|---|---|",
+        ]
+        for key, c in result["arm_icount"].items():
+            value = c.get("instructions_per_frame", c.get("instructions_per_invoke"))
+            ratio = f"{c['ratio_to_yardstick']:.3f} ({c['yardstick']})" if "ratio_to_yardstick" in c else ""
+            unit = "per frame" if "instructions_per_frame" in c else "per invoke"
+            lines.append(f"| {key} ({unit}) | {value / 1e6:.1f} | {ratio} |")
     lines += ["", *[f"Note: {n}" for n in result["notes"]]]
     return "\n".join(lines) + "\n"
 
@@ -464,6 +475,9 @@ REFERENCE_FIELDS = ("key", "metric", "value", "tolerance")
 def flatten(result: dict) -> dict[tuple[str, str], float]:
     """(entry, metric) -> value for the figures a reference file can pin."""
     values = {}
+    for key, c in result.get("arm_icount", {}).items():
+        metric = "instructions_per_frame" if "instructions_per_frame" in c else "instructions_per_invoke"
+        values[(f"arm_icount.{key}", metric)] = c[metric]
     for key, m in result["models"].items():
         values[(f"models.{key}", "p50_ms")] = m["p50_ms"]
         if "ratio_to_yardstick" in m:
@@ -481,6 +495,8 @@ def write_reference(result: dict, path: Path, tolerance: float = 0.25) -> Path:
     rows = ["key,metric,value,tolerance"]
     for (key, metric), value in sorted(flatten(result).items()):
         slack = tolerance if metric == "ratio_to_yardstick" else 2 * tolerance
+        if metric.startswith("instructions"):
+            slack = 0.02  # deterministic: any real growth shows
         rows.append(f"{key},{metric},{value:.6g},{slack:.2f}")
     path.write_text("\n".join(rows) + "\n")
     return path
@@ -521,3 +537,42 @@ def write_outputs(result: dict, json_path: Path | None, markdown_path: Path | No
     if markdown_path:
         markdown_path.parent.mkdir(parents=True, exist_ok=True)
         markdown_path.write_text(markdown(result))
+
+
+def arm_instruction_counts(
+    detector: Path, classifier: Path, frame: Path, progress: Callable[[str], None] = lambda _: None
+) -> dict:
+    """arm64 instructions per invoke (models, yardsticks) and per 1280x720 frame (the chain,
+    every tile, every galaxy classified), counted in the emulated Pi userland, with ratios."""
+    from edge.icount import per_run
+
+    items = {"detector": detector, "classifier": classifier}
+    ssd = ssd_yardstick(build=True)
+    if ssd:
+        items["ssd_mobilenet_v2_300"] = ssd
+    for name, file in CORAL_YARDSTICKS.items():
+        if (REFERENCE_MODELS / file).is_file():
+            items[name] = REFERENCE_MODELS / file
+    counts: dict = {}
+    for name, path in items.items():
+        progress(f"arm64 instructions: {name}")
+        counts[name] = {"instructions_per_invoke": per_run(["model", str(path)], 3)}
+    progress("arm64 instructions: chain on a 1280x720 frame")
+    counts["chain_1280x720"] = {
+        "instructions_per_frame": per_run(["chain", str(detector), str(classifier), str(frame)], 2),
+        "frame": str(frame),
+    }
+    reference = {"detector": "ssd_mobilenet_v2_300", "classifier": "coral_mobilenet_v2_1.0_224"}
+    for name, base in reference.items():
+        if base in counts:
+            counts[name]["ratio_to_yardstick"] = (
+                counts[name]["instructions_per_invoke"] / counts[base]["instructions_per_invoke"]
+            )
+            counts[name]["yardstick"] = base
+    if "ssd_mobilenet_v2_300" in counts:
+        counts["chain_1280x720"]["ratio_to_yardstick"] = (
+            counts["chain_1280x720"]["instructions_per_frame"]
+            / counts["ssd_mobilenet_v2_300"]["instructions_per_invoke"]
+        )
+        counts["chain_1280x720"]["yardstick"] = "ssd_mobilenet_v2_300"
+    return counts

@@ -144,6 +144,12 @@ def _register_bench(verbs: argparse._SubParsersAction, formatter: type[argparse.
         "--tiles-per-frame", type=int, default=4, help="the live chain's rolling tiles (also run: all tiles)"
     )
     bench.add_argument("--no-float", action="store_true", help="skip the float32 models beside the int8 ones")
+    bench.add_argument(
+        "--arm-icount",
+        action="store_true",
+        help="also count arm64 instructions per invoke and per 1280x720 frame in the emulated Pi userland "
+        "(../shared/tools/pi-userland; deterministic, minutes)",
+    )
     bench.add_argument("--json", type=Path, help="write the results as JSON (a .md table beside it)")
     bench.add_argument("--histogram", type=Path, help="latency histogram PNG (needs matplotlib)")
     bench.add_argument(
@@ -184,6 +190,13 @@ def run_bench(args: argparse.Namespace) -> int:
         progress=lambda message: print(f"bench: {message}", file=sys.stderr),
         tiles_per_frame=args.tiles_per_frame,
     )
+    if args.arm_icount:
+        from edge.bench import REPO, arm_instruction_counts
+
+        frame = REPO / "samples" / "hubble_udf_crop_1280x720.jpg"
+        result["arm_icount"] = arm_instruction_counts(
+            args.detector, args.classifier, frame, lambda m: print(f"bench: {m}", file=sys.stderr)
+        )
     print(markdown(result))
     if args.json:
         write_outputs(result, args.json, args.json.with_suffix(".md"))

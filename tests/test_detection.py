@@ -127,8 +127,8 @@ def test_detector_trains_resumes_exports_int8_and_runs_on_the_edge(tmp_path: Pat
 
     train = _blob_dataset(tmp_path / "train", 24, seed=1)
     test = _blob_dataset(tmp_path / "test", 6, seed=2)
-    common = ["train", "--detector", "--data", train, "--input-size", "96", "--steps-per-epoch", "12"]
-    common += ["--batch-size", "8", "--learning-rate", "0.01", "--out", tmp_path / "run"]
+    common = ["train", "--detector", "--data", train, "--input-size", "96", "--steps-per-epoch", "25"]
+    common += ["--batch-size", "8", "--learning-rate", "0.005", "--out", tmp_path / "run"]
     code, _, err = run_cli(*common, "--epochs", "4")
     assert code == 0, err
     summary = json.loads((tmp_path / "run" / "detector.json").read_text())

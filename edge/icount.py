@@ -1,0 +1,87 @@
+"""Deterministic arm64 instruction counts of the runtime, under the emulated Raspberry Pi OS
+userland (../shared/tools/pi-userland): a figure that machine noise cannot move.
+
+A probe (this module run as a script inside the userland) loads a model or the whole chain,
+warms it up, then runs it K times; the count of a run with K minus the count of a run with 0
+is the cost of K invokes or frames, start-up and warm-up excluded.
+
+    python -m edge.icount model PATH K
+    python -m edge.icount chain DETECTOR CLASSIFIER FRAME K
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PI_TOOLS = REPO.parent / "shared" / "tools" / "pi-userland"
+PI_DIR = REPO / ".cache" / "pi-userland"
+
+
+def _probe(argv: list[str]) -> None:
+    import numpy as np
+
+    mode, *rest = argv
+    if mode == "model":
+        from edge.interpreter import load_interpreter
+
+        path, count = rest[0], int(rest[1])
+        interpreter = load_interpreter(path, 1)
+        detail = interpreter.get_input_details()[0]
+        interpreter.set_tensor(detail["index"], np.zeros(detail["shape"], detail["dtype"]))
+        interpreter.invoke()  # warm-up: allocation and weight packing
+        for _ in range(count):
+            interpreter.invoke()
+    else:
+        import cv2
+
+        from edge.chain import Chain, ChainSettings
+        from edge.models import Classifier, Detector
+        from edge.sources import Frame
+
+        detector, classifier, frame_path, count = rest[0], rest[1], rest[2], int(rest[3])
+        image = cv2.imread(frame_path)
+        chain = Chain(Detector(detector, 1), Classifier(classifier, 1), ChainSettings(reclassify_every=1))
+        chain.process(Frame(0, image, "icount", 0.0))
+        for index in range(count):
+            chain.process(Frame(index + 1, image, "icount", 0.0))
+
+
+def count_instructions(arguments: list[str], pi_dir: Path = PI_DIR) -> int:
+    """Instructions of `python -m edge.icount ARGUMENTS` in the userland (built if missing)."""
+    build, icount = PI_TOOLS / "build.sh", PI_TOOLS / "icount.sh"
+    if not icount.is_file():
+        raise FileNotFoundError(f"{icount}: the Pi userland tool is not here")
+    if not (pi_dir / "python3").exists():
+        environment = dict(os.environ, PIP=f"{sys.executable} -m pip")
+        subprocess.run(
+            ["bash", str(build), str(pi_dir), "pip"], check=True, env=environment, capture_output=True
+        )
+    result = subprocess.run(
+        ["bash", str(icount), str(pi_dir), "-m", "edge.icount", *arguments],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=3600,
+        check=False,
+    )
+    match = re.search(r"ICOUNT (\d+)", result.stderr)
+    if result.returncode != 0 or not match:
+        raise RuntimeError(f"icount failed: {result.stderr.strip().splitlines()[-3:]}")
+    return int(match.group(1))
+
+
+def per_run(arguments_with_count: list[str], runs: int) -> float:
+    """Instructions per invoke or frame: (count with `runs` - count with 0) / runs."""
+    with_runs = count_instructions([*arguments_with_count, str(runs)])
+    without = count_instructions([*arguments_with_count, "0"])
+    return (with_runs - without) / runs
+
+
+if __name__ == "__main__":
+    _probe(sys.argv[1:])
