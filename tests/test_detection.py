@@ -4,6 +4,9 @@ contract, and a small training run through the CLI to an int8 model the runtime 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -14,6 +17,7 @@ from annotations.records import Box, ImageAnnotation
 from annotations.voc import write_voc
 from detection.anchors import AnchorSpec, anchors_center_yxhw, spec_from_boxes
 from detection.data import Frame, TargetEncoder, augment, crop_frame
+from tests.conftest import REPO
 
 
 def test_anchor_sizes_follow_the_box_statistics() -> None:
@@ -127,19 +131,38 @@ def test_detector_trains_resumes_exports_int8_and_runs_on_the_edge(tmp_path: Pat
 
     train = _blob_dataset(tmp_path / "train", 24, seed=1)
     test = _blob_dataset(tmp_path / "test", 6, seed=2)
-    common = ["train", "--detector", "--data", train, "--input-size", "96", "--steps-per-epoch", "25"]
-    common += ["--batch-size", "8", "--learning-rate", "0.005", "--out", tmp_path / "run"]
-    code, _, err = run_cli(*common, "--epochs", "4")
-    assert code == 0, err
-    summary = json.loads((tmp_path / "run" / "detector.json").read_text())
-    assert len(summary["history"]["loss"]) == 4
-    # Started again with more epochs, the run continues from its backup instead of restarting.
-    code, _, err = run_cli(*common, "--epochs", "8")
-    assert code == 0, err
-    history = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
-    assert [int(line.split(",")[0]) for line in history[1:] if line[0].isdigit()][-1] == 7
+    command = [sys.executable, "-m", "galaxy_edge", "train", "--detector", "--data", str(train)]
+    command += [
+        "--input-size",
+        "96",
+        "--steps-per-epoch",
+        "25",
+        "--batch-size",
+        "8",
+        "--learning-rate",
+        "0.005",
+    ]
+    command += ["--epochs", "8", "--out", str(tmp_path / "run")]
+    # Interrupted after its second epoch (as a power cut would), the run resumes from its backup.
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    history_file = tmp_path / "run" / "history.csv"
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if history_file.is_file() and len(history_file.read_text().strip().splitlines()) >= 3:
+            break
+        time.sleep(0.5)
+    process.kill()
+    process.wait()
+    epochs_before = len(history_file.read_text().strip().splitlines()) - 1
+    assert 2 <= epochs_before < 8
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    epochs = [int(line.split(",")[0]) for line in history_file.read_text().strip().splitlines()[1:]]
+    assert epochs == list(range(8)), epochs  # continued where it stopped, not from epoch 0
     losses = json.loads((tmp_path / "run" / "detector.json").read_text())["history"]["loss"]
-    assert losses[-1] < summary["history"]["loss"][0]
+    assert 0 < len(losses) < 8  # this process ran only the remaining epochs
 
     model = tmp_path / "models" / "blob_int8.tflite"
     code, out, err = run_cli(
