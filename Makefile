@@ -7,7 +7,7 @@ EDGE_STAMP := $(VENV)/.installed-edge
 ALL_STAMP := $(VENV)/.installed-all
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test lint venv venv-edge clean train train-quick
+.PHONY: demo test lint venv venv-edge clean train train-quick yardstick
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ train: $(ALL_STAMP)
 
 train-quick: $(ALL_STAMP)
 	QUICK=1 bash scripts/train_models.sh
+
+# The benchmark's SSD MobileNet V2 300 int8 yardstick (built once; the bench never imports TensorFlow).
+yardstick: $(ALL_STAMP)
+	$(PY) -m export.yardstick
 
 lint: $(ALL_STAMP)
 	$(PY) -m ruff check .

@@ -59,7 +59,7 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "train",
         help="train the classifier (--classifier) or the detector (--detector)",
         formatter_class=formatter,
-        epilog="examples:\n  galaxy-edge train --classifier --data data/sim.h5 "
+        epilog="example:\n  galaxy-edge train --classifier --data data/sim.h5 "
         "--config runs/tune/tuning.json --out runs/classifier\n"
         "  galaxy-edge train --detector --data data/det_train --out runs/detector\n"
         "  galaxy-edge train --detector --data MY_LABELIMG_DIR --from models/galaxy_detector.keras "

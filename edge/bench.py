@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -141,18 +140,12 @@ def bench_model(path: Path, threads: int, seconds: float, warmup: int = 10, min_
     }
 
 
-def ssd_yardstick(build: bool = True) -> Path | None:
-    """The standard SSD MobileNet V2 300x300 int8 (random weights: latency only), built once
-    with the project's converter when TensorFlow is here, and cached."""
+def ssd_yardstick() -> Path | None:
+    """The standard SSD MobileNet V2 300x300 int8 (random weights: latency only), built once on
+    a machine with TensorFlow by `python -m export.yardstick` (the bench itself never imports
+    TensorFlow)."""
     path = YARDSTICK_CACHE / SSD_YARDSTICK
-    if path.is_file() or not build:
-        return path if path.is_file() else None
-    try:
-        from export.yardstick import build_ssd_mobilenet_v2  # training side: TensorFlow
-    except ImportError:
-        return None
-    print(f"building the SSD MobileNet V2 300 int8 yardstick in {path} (once)", file=sys.stderr)
-    return build_ssd_mobilenet_v2(path)
+    return path if path.is_file() else None
 
 
 def environment() -> dict:
@@ -315,7 +308,7 @@ def run_benchmark(
     extra_models: dict[str, Path] | None = None,
     chain_threads: int | None = None,
     frames: str = "real",
-    build_yardstick: bool = True,
+    use_ssd_yardstick: bool = True,
     progress: Callable[[str], None] = lambda _: None,
     tiles_per_frame: int = 4,
 ) -> dict:
@@ -325,12 +318,13 @@ def run_benchmark(
     result["environment"]["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     models = {"detector": detector, "classifier": classifier, **(extra_models or {})}
     yardsticks: dict[str, Path] = {}
-    ssd = ssd_yardstick(build_yardstick)
+    ssd = ssd_yardstick() if use_ssd_yardstick else None
     if ssd:
         yardsticks["ssd_mobilenet_v2_300"] = ssd
     else:
         result["notes"].append(
-            "SSD MobileNet V2 300 yardstick skipped: not built here (needs TensorFlow once)"
+            f"SSD MobileNet V2 300 yardstick skipped: {YARDSTICK_CACHE / SSD_YARDSTICK} not built "
+            "(`make yardstick` on a machine with TensorFlow; copy the file to a Pi)"
         )
     for name, file in CORAL_YARDSTICKS.items():
         if (REFERENCE_MODELS / file).is_file():
@@ -547,7 +541,7 @@ def arm_instruction_counts(
     from edge.icount import per_run
 
     items = {"detector": detector, "classifier": classifier}
-    ssd = ssd_yardstick(build=True)
+    ssd = ssd_yardstick()
     if ssd:
         items["ssd_mobilenet_v2_300"] = ssd
     for name, file in CORAL_YARDSTICKS.items():

@@ -117,7 +117,7 @@ def _register_bench(verbs: argparse._SubParsersAction, formatter: type[argparse.
         "bench",
         help="latency of the models and the whole chain, against yardsticks measured in the same run",
         formatter_class=formatter,
-        epilog="examples:\n  galaxy-edge bench --json bench/bench.json\n"
+        epilog="example:\n  galaxy-edge bench --json bench/bench.json\n"
         "  galaxy-edge bench --threads 4 --check bench/reference_x86_2core.csv\n"
         "  galaxy-edge bench --threads 1 2 4 --write-reference bench/reference_pi4.csv  # on a Pi",
     )

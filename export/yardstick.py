@@ -56,3 +56,12 @@ def build_ssd_mobilenet_v2(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(convert(model, "int8", calibration, count=16))
     return path
+
+
+if __name__ == "__main__":
+    import sys
+
+    from edge.bench import SSD_YARDSTICK, YARDSTICK_CACHE
+
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else YARDSTICK_CACHE / SSD_YARDSTICK
+    print(f"wrote {build_ssd_mobilenet_v2(target)}")

@@ -40,7 +40,7 @@ def test_benchmark_json_shape_and_reference_check(tiny_models, tmp_path: Path, r
         seconds=0.2,
         resolutions=["640x480"],
         frames="real",
-        build_yardstick=False,
+        use_ssd_yardstick=False,
     )
     for role in ("detector", "classifier"):
         entry = result["models"][role]

@@ -108,3 +108,22 @@ def test_unknown_verb_and_missing_arguments_exit_non_zero(run_cli) -> None:
     assert code == 2 and "invalid choice" in err
     code, _, err = run_cli("annotations", "convert", "x")
     assert code == 2 and "required" in err
+
+
+def test_bench_runs_without_tensorflow(python: str, tiny_models) -> None:
+    result = _python_with_blocked_training_side(
+        python,
+        f"""
+        import sys
+        from galaxy_edge.cli import main
+        code = main(["bench", "--detector", "{tiny_models["detector"]}", "--classifier",
+                     "{tiny_models["classifier"]}", "--threads", "1", "--seconds", "0.05", "--resolutions",
+                     "--no-float"])
+        assert code == 0, code
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+        assert not loaded, loaded
+        print("ok")
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| detector |" in result.stdout and result.stdout.strip().endswith("ok")
