@@ -14,6 +14,7 @@ runtime uses are:
         "box_variance": [0.1, 0.1, 0.2, 0.2],
         "score_activation": "sigmoid",
         "score_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 200,
+        "containment": 0.8,                           # optional: drop boxes nested in a better one
         "outputs": {"boxes": 0, "scores": 1}          # output tensor order
       },
       "quantization": {"step": 0.0039}                # output score quantization step, for parity checks
@@ -44,6 +45,7 @@ class Decoding:
     iou_threshold: float = 0.5
     max_detections: int = 200
     outputs: dict[str, int] = field(default_factory=lambda: {"boxes": 0, "scores": 1})
+    containment: float | None = None  # drop boxes nested this much in a better one (None: off)
 
 
 @dataclass
@@ -95,6 +97,7 @@ def read_model_card(model_path: Path | str) -> ModelCard:
                 iou_threshold=float(spec.get("iou_threshold", 0.5)),
                 max_detections=int(spec.get("max_detections", 200)),
                 outputs=dict(spec.get("outputs", {"boxes": 0, "scores": 1})),
+                containment=spec.get("containment"),
             )
             if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
                 raise KeyError("decoding.anchors_center_yxhw")

@@ -137,8 +137,33 @@ class Detections:
         )
 
 
-def non_max_suppression(detections: Detections, iou_threshold: float) -> Detections:
-    """Per-class NMS with OpenCV (no top_k: it would cap candidates before suppression)."""
+def _contained(detections: Detections, containment: float) -> Detections:
+    """Drop boxes lying mostly (`containment` of their area) inside a higher-scoring box of the
+    same class: a galaxy's bright core found beside the whole galaxy overlaps it by far less
+    than the IoU threshold, so NMS keeps both. Boxes are in score order."""
+    boxes = detections.boxes
+    keep = np.ones(len(detections), bool)
+    area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
+    for i in range(1, len(detections)):
+        higher = np.flatnonzero(keep[:i] & (detections.class_ids[:i] == detections.class_ids[i]))
+        if len(higher) == 0:
+            continue
+        ix = np.clip(
+            np.minimum(boxes[higher, 2], boxes[i, 2]) - np.maximum(boxes[higher, 0], boxes[i, 0]), 0, None
+        )
+        iy = np.clip(
+            np.minimum(boxes[higher, 3], boxes[i, 3]) - np.maximum(boxes[higher, 1], boxes[i, 1]), 0, None
+        )
+        inside = ix * iy / np.minimum(area[higher], area[i])
+        keep[i] = not (inside >= containment).any()
+    return detections.select(np.flatnonzero(keep))
+
+
+def non_max_suppression(
+    detections: Detections, iou_threshold: float, containment: float | None = None
+) -> Detections:
+    """Per-class NMS with OpenCV (no top_k: it would cap candidates before suppression), then,
+    with `containment`, boxes nested in a better one removed."""
     if len(detections) == 0:
         return detections
     keep_all = []
@@ -151,7 +176,8 @@ def non_max_suppression(detections: Detections, iou_threshold: float) -> Detecti
         keep = cv2.dnn.NMSBoxes(xywh.tolist(), detections.scores[members].tolist(), 0.0, iou_threshold)
         keep_all.extend(members[np.asarray(keep, dtype=np.int64).reshape(-1)])
     keep_all = np.array(sorted(keep_all, key=lambda i: -detections.scores[i]), dtype=np.int64)
-    return detections.select(keep_all)
+    kept = detections.select(keep_all)
+    return _contained(kept, containment) if containment else kept
 
 
 class Detector(TFLiteModel):
@@ -166,6 +192,7 @@ class Detector(TFLiteModel):
         self.labels = self.card.labels
         self.score_threshold = self.decoding.score_threshold
         self.iou_threshold = self.decoding.iou_threshold
+        self.containment = self.decoding.containment
         if self.decoding.type == "ssd":
             anchors = np.asarray(self.decoding.anchors_center_yxhw, np.float32)
             if anchors.ndim != 2 or anchors.shape[1] != 4:
@@ -218,7 +245,7 @@ class Detector(TFLiteModel):
         class_ids = probabilities.argmax(axis=1)
         best = probabilities[np.arange(len(candidates)), class_ids]
         detections = Detections(boxes.astype(np.float32), best.astype(np.float32), class_ids.astype(np.int32))
-        detections = non_max_suppression(detections, self.iou_threshold)
+        detections = non_max_suppression(detections, self.iou_threshold, self.containment)
         return detections.select(np.arange(min(len(detections), self.decoding.max_detections)))
 
     def _decode_postprocessed(self, outputs: list[np.ndarray]) -> Detections:

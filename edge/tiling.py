@@ -27,7 +27,9 @@ def _intersection_over_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ix * iy / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-6)
 
 
-def merge_tiles(parts: list[tuple[Detections, np.ndarray]], iou_threshold: float) -> Detections:
+def merge_tiles(
+    parts: list[tuple[Detections, np.ndarray]], iou_threshold: float, containment: float | None = None
+) -> Detections:
     """Merge per-tile detections; each part comes with a (N,) bool 'cut by an inner tile border'.
 
     A cut box that lies mostly inside an uncut one (another tile saw the whole object) is
@@ -69,7 +71,7 @@ def merge_tiles(parts: list[tuple[Detections, np.ndarray]], iou_threshold: float
             if merged:
                 break
     fused = Detections(boxes, scores, detections.class_ids).select(np.flatnonzero(keep))
-    return non_max_suppression(fused, iou_threshold)
+    return non_max_suppression(fused, iou_threshold, containment)
 
 
 def tile_layout(
@@ -108,7 +110,7 @@ def detect_tiled(detector: Detector, frame_bgr: np.ndarray, overlap: int | None 
     parts = [
         detect_tile(detector, frame_bgr, tile) for tile in tile_layout(detector, frame_bgr.shape, overlap)
     ]
-    return merge_tiles(parts, detector.iou_threshold)
+    return merge_tiles(parts, detector.iou_threshold, detector.containment)
 
 
 class RollingTiles:
@@ -135,7 +137,8 @@ class RollingTiles:
             for _ in range(min(self.per_frame, len(self.tiles))):
                 self.latest[self.cursor] = detect_tile(self.detector, frame_bgr, self.tiles[self.cursor])
                 self.cursor = (self.cursor + 1) % len(self.tiles)
-        return merge_tiles([part for part in self.latest if part is not None], self.detector.iou_threshold)
+        parts = [part for part in self.latest if part is not None]
+        return merge_tiles(parts, self.detector.iou_threshold, self.detector.containment)
 
     @property
     def refresh_frames(self) -> int:

@@ -113,6 +113,7 @@ def write_detector_card(
             "score_activation": "sigmoid",
             "score_threshold": score_threshold,
             "iou_threshold": 0.5,
+            "containment": 0.8,
             "max_detections": 200,
             "outputs": order,
         },

@@ -57,7 +57,7 @@ def test_targets_encoded_by_keras_decode_in_the_edge_runtime() -> None:
     decoder = object.__new__(Detector)  # the runtime's decoder without a .tflite behind it
     decoder.anchors = encoder.anchors_yxhw
     decoder.decoding = Decoding(box_variance=(0.1, 0.1, 0.2, 0.2), score_threshold=0.5, iou_threshold=0.5)
-    decoder.score_threshold, decoder.iou_threshold = 0.5, 0.5
+    decoder.score_threshold, decoder.iou_threshold, decoder.containment = 0.5, 0.5, None
     logits = np.where(positive, 5.0, -5.0).astype(np.float32)[:, None]
     found = decoder._decode_ssd([boxes[:, :4], logits])
     np.testing.assert_allclose(np.sort(found.boxes * 128, axis=0), np.sort(truth, axis=0), atol=0.05)

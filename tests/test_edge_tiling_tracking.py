@@ -57,6 +57,20 @@ def test_tiled_detection_finds_every_blob_once(tiny_models) -> None:
         assert np.hypot(*(centres - [x + 4, y + 4]).T).min() <= 4
 
 
+def test_nested_boxes_are_suppressed_only_with_containment() -> None:
+    from edge.models import non_max_suppression
+
+    found = Detections(
+        np.array([[10, 10, 60, 60], [28, 28, 40, 40], [70, 10, 90, 30], [30, 30, 80, 80]], np.float32),
+        np.array([0.9, 0.8, 0.7, 0.6], np.float32),
+        np.zeros(4, np.int32),
+    )
+    # IoU of the core with the galaxy is 0.06: NMS alone keeps it; the neighbour overlaps 0.36.
+    assert len(non_max_suppression(found, 0.5)) == 4
+    kept = non_max_suppression(found, 0.5, containment=0.8)
+    assert kept.boxes.tolist() == [[10, 10, 60, 60], [70, 10, 90, 30], [30, 30, 80, 80]]
+
+
 def test_rolling_tiles_spread_the_work_and_catch_up_with_the_field(tiny_models) -> None:
     detector = Detector(tiny_models["detector"])
     invokes = []
