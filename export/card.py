@@ -48,6 +48,25 @@ def tensor_facts(model_path: Path) -> dict:
     }
 
 
+def save_card(model_path: Path, card: dict, extra: dict | None = None) -> Path:
+    """Add what every card carries (file size and hash, git commit, date) and write it beside the model."""
+    data = Path(model_path).read_bytes()
+    card = {
+        **card,
+        "file": {
+            "name": Path(model_path).name,
+            "size_bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        },
+        "git_commit": _git_commit(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    path = card_path(model_path)
+    path.write_text(json.dumps(card, indent=1))
+    return path
+
+
 def write_classifier_card(
     model_path: Path | str,
     scheme: str,
@@ -60,7 +79,6 @@ def write_classifier_card(
     classes = get_scheme(scheme)
     facts = tensor_facts(model_path)
     output = facts["outputs"][0]
-    data = model_path.read_bytes()
     card = {
         "format_version": FORMAT_VERSION,
         "task": "classifier",
@@ -83,15 +101,5 @@ def write_classifier_card(
         "quantization": {"step": output["quantization"]["scale"]},
         "training": training or {},
         "metrics": metrics or {},
-        "file": {
-            "name": model_path.name,
-            "size_bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        },
-        "git_commit": _git_commit(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        **(extra or {}),
     }
-    path = card_path(model_path)
-    path.write_text(json.dumps(card, indent=1))
-    return path
+    return save_card(model_path, card, extra)

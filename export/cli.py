@@ -96,12 +96,7 @@ def run_export(args: argparse.Namespace) -> int:
         f"float accuracy {parity['float_accuracy']:.4f}, {args.to} accuracy {parity['int8_accuracy']:.4f}, "
         f"top-1 agreement {parity['top1_agreement']:.4f} on {parity['count']} images"
     )
-    if readiness is not None:
-        print(
-            f"Edge TPU ready: {'yes' if readiness['ready'] else 'no'}"
-            + "".join(f"\n  {p}" for p in readiness["problems"])
-        )
-    print(f"report: {report_json}, {report_md}")
+    _print_readiness(readiness, report_json, report_md)
     return 0
 
 
@@ -176,10 +171,14 @@ def run_export_detector(args: argparse.Namespace) -> int:
         )
         + f" on {len(pairs)} frames"
     )
+    _print_readiness(readiness, report_json, report_md)
+    return 0
+
+
+def _print_readiness(readiness: dict | None, report_json: Path, report_md: Path) -> None:
     if readiness is not None:
         print(
             f"Edge TPU ready: {'yes' if readiness['ready'] else 'no'}"
             + "".join(f"\n  {p}" for p in readiness["problems"])
         )
     print(f"report: {report_json}, {report_md}")
-    return 0

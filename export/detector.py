@@ -3,14 +3,12 @@ card carries the anchors and decoding parameters the edge runtime needs."""
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from edge.model_card import FORMAT_VERSION, card_path
+from edge.model_card import FORMAT_VERSION
 from galaxy_edge.errors import GalaxyEdgeError
 
 DEFAULT_SCORE_THRESHOLD = 0.35
@@ -82,14 +80,13 @@ def write_detector_card(
     extra: dict | None = None,
 ) -> Path:
     from detection.anchors import AnchorSpec, anchors_center_yxhw
-    from export.card import _git_commit, tensor_facts
+    from export.card import save_card, tensor_facts
 
     config = summary["config"]
     spec = AnchorSpec.from_dict(config["anchors"])
     labels = list(config["labels"])
     facts = tensor_facts(model_path)
     order = _output_order(model_path, len(labels))
-    data = Path(model_path).read_bytes()
     card = {
         "format_version": FORMAT_VERSION,
         "task": "detector",
@@ -121,18 +118,8 @@ def write_detector_card(
         "quantization": {"step": facts["outputs"][order["scores"]]["quantization"]["scale"]},
         "training": {k: v for k, v in summary.items() if k != "history"},
         "metrics": metrics or {},
-        "file": {
-            "name": Path(model_path).name,
-            "size_bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        },
-        "git_commit": _git_commit(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        **(extra or {}),
     }
-    path = card_path(model_path)
-    path.write_text(json.dumps(card, indent=1))
-    return path
+    return save_card(model_path, card, extra)
 
 
 def export_detector(
