@@ -99,6 +99,7 @@ class Chain:
         self.tracker = IouTracker(reclassify_every=self.settings.reclassify_every)
         self.timer = StageTimer()
         self.class_labels = classifier.labels if classifier else []
+        self._scene: str | None = None
         self.rolling = (
             RollingTiles(detector, self.settings.tiles_per_frame) if self.settings.tiles_per_frame else None
         )
@@ -112,6 +113,14 @@ class Chain:
         return self.rolling.detect(image) if self.rolling else detect_tiled(self.detector, image)
 
     def process(self, frame: Frame, capture_ms: float = 0.0) -> FrameResult:
+        # A video's frames are "PATH#INDEX": one scene. Another file (a folder of stills) is
+        # another scene: nothing carries over from the last one.
+        scene = frame.source.split("#", 1)[0]
+        if self._scene is not None and scene != self._scene:
+            self.tracker.end_scene()
+            if self.rolling:
+                self.rolling.shape = None
+        self._scene = scene
         latency = {"capture": capture_ms}
         started = time.perf_counter()
         detections = self.detect(frame.image)

@@ -100,5 +100,10 @@ class IouTracker:
             return True
         return float(iou_matrix(track.box[None], track.box_when_classified[None])[0, 0]) < 0.7
 
+    def end_scene(self) -> None:
+        """The next frame shows something else (another still image): no track continues."""
+        self.finished.extend(self.tracks)
+        self.tracks = []
+
     def all_tracks(self) -> list[Track]:
         return sorted(self.finished + self.tracks, key=lambda t: t.track_id)

@@ -98,6 +98,19 @@ def test_static_scene_is_tracked_and_not_reclassified_every_frame(tiny_models, t
     assert all(last == 39 for _, _, last in by_position)
 
 
+def test_stills_in_a_folder_do_not_share_tracks(tiny_models, tmp_path):
+    folder = tmp_path / "stills"
+    folder.mkdir()
+    frame = blob_frame(64, 64, [(8, 8, (150, 150, 255)), (40, 40, (255, 150, 150))])
+    for name in ("a.png", "b.png"):  # the same picture twice: still two scenes
+        cv2.imwrite(str(folder / name), frame)
+    chain = Chain(Detector(tiny_models["detector"]), Classifier(tiny_models["classifier"]), ChainSettings())
+    summary = run(chain, open_source(str(folder)), tmp_path / "out")
+    assert summary.frames == 2 and summary.galaxies == 4
+    rows = list(csv.DictReader((tmp_path / "out" / "catalog.csv").open()))
+    assert sorted(r["source"].rsplit("/", 1)[-1] for r in rows) == ["a.png", "a.png", "b.png", "b.png"]
+
+
 def test_detect_and_classify_json_contract(run_cli, tiny_models, image_folder, tmp_path):
     code, stdout, stderr = run_cli(
         "detect", image_folder / "f0.png", "--model", tiny_models["detector"], "--json"
