@@ -159,10 +159,12 @@ def environment() -> dict:
         "opencv": cv2.__version__,
     }
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "model\t")):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
+        fields = dict(
+            line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line
+        )
+        fields = {k.strip().lower(): v.strip() for k, v in fields.items()}
+        # x86 says "model name"; a Raspberry Pi says "Model" (the board) and "Hardware".
+        info["cpu"] = fields.get("model name") or fields.get("model") or fields.get("hardware")
     except OSError:
         pass
     governor = Path("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
