@@ -19,13 +19,19 @@ from edge.tiling import detect_tiled, needs_tiling
 
 def main(models: Path, samples: Path) -> None:
     images = [cv2.imread(str(p)) for p in sorted(samples.glob("*.jpg"))]
-    rng = np.random.default_rng(0)
+    # Classifier inputs as the chain makes them: square crops centred on sources (the brightest
+    # local maxima of each sample), at several sizes.
     crops = []
-    for _ in range(150):  # real crops of every sample, classifier-sized
-        image = images[int(rng.integers(len(images)))]
-        side = int(rng.integers(40, min(image.shape[:2]) // 2))
-        y, x = (int(rng.integers(0, n - side)) for n in image.shape[:2])
-        crops.append(image[y : y + side, x : x + side])
+    for image in images:
+        grey = cv2.GaussianBlur(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (0, 0), 3)
+        peaks = (grey == cv2.dilate(grey, np.ones((15, 15), np.uint8))) & (grey > np.percentile(grey, 99))
+        ys, xs = np.nonzero(peaks)
+        order = np.argsort(-grey[ys, xs])[:60]
+        for rank, (y, x) in enumerate(zip(ys[order], xs[order], strict=True)):
+            half = (24, 40, 64)[rank % 3]
+            crop = image[max(y - half, 0) : y + half, max(x - half, 0) : x + half]
+            if min(crop.shape[:2]) >= 16:
+                crops.append(crop)
     output: dict = {}
     for path in sorted(models.glob("*.tflite")):
         card = json.loads(path.with_suffix(".json").read_text())
