@@ -209,11 +209,13 @@ class ReplayCamera:
         pass
 
 
-def real_frames(size: tuple[int, int], count: int = 4) -> list[np.ndarray]:
-    """Frames of the given size cut from the bundled real samples (resized to cover)."""
+def frames_from(folder: Path, size: tuple[int, int], count: int = 4) -> list[np.ndarray]:
+    """Frames of the given size cut from the images of a folder (resized to cover): the bundled
+    real samples, or simulated frames made by `galaxy-edge simulate frames` (edge/ does not
+    import the simulation)."""
     from galaxy_edge.files import IMAGE_SUFFIXES
 
-    paths = sorted(p for p in (REPO / "samples").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     frames = []
     width, height = size
     for path in paths:
@@ -227,16 +229,6 @@ def real_frames(size: tuple[int, int], count: int = 4) -> list[np.ndarray]:
         if len(frames) == count:
             break
     return frames
-
-
-def simulated_frames(size: tuple[int, int], count: int = 4) -> list[np.ndarray] | None:
-    """Simulated sky frames when the simulation package (GalSim) is installed, else None."""
-    try:
-        from simulation.frames import FrameSettings, render_frame
-    except ImportError:
-        return None
-    settings = FrameSettings(width=size[0], height=size[1], seed=7)
-    return [cv2.cvtColor(render_frame(settings, i)[0], cv2.COLOR_RGB2BGR) for i in range(count)]
 
 
 def bench_chain(
@@ -309,7 +301,7 @@ def run_benchmark(
     resolutions: Sequence[str],
     extra_models: dict[str, Path] | None = None,
     chain_threads: int | None = None,
-    frames: str = "real",
+    sim_frames: Path | None = None,
     use_ssd_yardstick: bool = True,
     progress: Callable[[str], None] = lambda _: None,
     tiles_per_frame: int = 4,
@@ -358,15 +350,9 @@ def run_benchmark(
             entry["ratio_to_yardstick"] = entry["p50_ms"] / base["p50_ms"]
     for name in resolutions:
         size = RESOLUTIONS[name]
-        sets = {"real": real_frames(size)}
-        if frames in ("sim", "both"):
-            simulated = simulated_frames(size)
-            if simulated is None:
-                result["notes"].append("simulated frames skipped: the simulation package is not installed")
-            else:
-                sets["sim"] = simulated
-        if frames == "sim" and "sim" in sets:
-            sets.pop("real")
+        sets = {"real": frames_from(REPO / "samples", size)}
+        if sim_frames:
+            sets["sim"] = frames_from(sim_frames, size)
         for kind, images in sets.items():
             if not images:
                 result["notes"].append(f"{name} {kind}: no frames")

@@ -135,10 +135,10 @@ def _register_bench(verbs: argparse._SubParsersAction, formatter: type[argparse.
         help="chain frame sizes (none: models only)",
     )
     bench.add_argument(
-        "--frames",
-        choices=("real", "sim", "both"),
-        default="both",
-        help="chain frames: cut from the real samples, simulated (needs the simulation package), or both",
+        "--sim-frames",
+        type=Path,
+        help="also run the chain on simulated frames from this folder (`galaxy-edge simulate frames "
+        "--size 1920x1080 --n 4 --out DIR`); the real samples are always used",
     )
     bench.add_argument(
         "--tiles-per-frame", type=int, default=4, help="the live chain's rolling tiles (also run: all tiles)"
@@ -186,7 +186,7 @@ def run_bench(args: argparse.Namespace) -> int:
         args.seconds,
         args.resolutions,
         extra_models=extra,
-        frames=args.frames,
+        sim_frames=args.sim_frames,
         progress=lambda message: print(f"bench: {message}", file=sys.stderr),
         tiles_per_frame=args.tiles_per_frame,
     )

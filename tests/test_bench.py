@@ -39,7 +39,6 @@ def test_benchmark_json_shape_and_reference_check(tiny_models, tmp_path: Path, r
         threads=[1],
         seconds=0.2,
         resolutions=["640x480"],
-        frames="real",
         use_ssd_yardstick=False,
     )
     for role in ("detector", "classifier"):
