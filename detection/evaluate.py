@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge.tiling import detect_frame
 from galaxy_edge.errors import GalaxyEdgeError
 
 MAP_SCORE_THRESHOLD = 0.05  # COCO practice: keep low-score detections for the PR curve
@@ -38,15 +39,6 @@ def open_detector(model_path: Path, workdir: Path):
         export_detector(model_path, target, "float32")
         model_path = target
     return Detector(model_path)
-
-
-def detect_frame(detector, image_bgr: np.ndarray):
-    """The runtime's choice: tiles at native scale for big frames, else the whole frame."""
-    from edge.tiling import detect_tiled, needs_tiling
-
-    if needs_tiling(detector, image_bgr.shape):
-        return detect_tiled(detector, image_bgr)
-    return detector.detect_image(image_bgr)
 
 
 def coco_evaluation(detector, pairs: Sequence, labels: Sequence[str]) -> tuple[dict, list]:

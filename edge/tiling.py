@@ -151,3 +151,11 @@ def needs_tiling(detector: Detector, frame_shape: tuple[int, ...], factor: float
     would shrink small galaxies below what the detector can see)."""
     height, width = frame_shape[:2]
     return max(height / detector.height, width / detector.width) > factor
+
+
+def detect_frame(detector: Detector, frame_bgr: np.ndarray) -> Detections:
+    """The runtime's default: native-scale tiles for frames much larger than the input, else the
+    whole frame resized."""
+    if needs_tiling(detector, frame_bgr.shape):
+        return detect_tiled(detector, frame_bgr)
+    return detector.detect_image(frame_bgr)

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from edge.models import Classifier, Detector
-from edge.tiling import detect_tiled, needs_tiling
+from edge.tiling import detect_frame
 
 
 def main(models: Path, samples: Path) -> None:
@@ -41,11 +41,7 @@ def main(models: Path, samples: Path) -> None:
             detector = Detector(path)
             found = []
             for image in images:
-                result = (
-                    detect_tiled(detector, image)
-                    if needs_tiling(detector, image.shape)
-                    else detector.detect_image(image)
-                )
+                result = detect_frame(detector, image)
                 found.append({"boxes": result.boxes.tolist(), "scores": result.scores.tolist()})
             output[path.name] = found
     print(json.dumps(output))
