@@ -18,7 +18,7 @@ $(EDGE_STAMP): pyproject.toml constraints.txt | $(PY)
 	touch $@
 
 $(ALL_STAMP): pyproject.toml constraints.txt | $(PY)
-	$(PIP_INSTALL) -e ".[edge,train,dev]"
+	$(PIP_INSTALL) -e ".[edge,serve,train,dev]"
 	touch $@ $(EDGE_STAMP)
 
 venv-edge: $(EDGE_STAMP)

@@ -219,7 +219,7 @@ def run(chain: Chain, source: FrameSource, out: Path, max_frames: int | None = N
     annotated = AnnotatedSink(out / ("annotated.mp4" if settings.annotated_video else "annotated"))
     window = LiveWindow() if settings.show else None
     crops_dir = out / "crops"
-    palette = _palette(chain)
+    palette = palette_of(chain)
     ages: list[float] = []
     frames = 0
     stop = _StopRequest()
@@ -241,11 +241,7 @@ def run(chain: Chain, source: FrameSource, out: Path, max_frames: int | None = N
             tick = time.perf_counter()
             image = None
             if settings.annotate or window:
-                captions = [
-                    f"{t.track_id} {label} {conf:.2f}" if label != UNCERTAIN else f"{t.track_id} ?"
-                    for t, label, conf in zip(result.tracks, result.labels, result.confidences, strict=True)
-                ]
-                image = annotate(frame.image, result.detections.boxes, captions, result.labels, palette)
+                image = annotate_result(chain, result, palette)
             timer.add("annotate", time.perf_counter() - tick)
 
             tick = time.perf_counter()
@@ -296,7 +292,20 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _palette(chain: Chain) -> dict[str, tuple[int, int, int]]:
+def annotate_result(
+    chain: Chain, result: FrameResult, palette: dict[str, tuple[int, int, int]] | None = None
+) -> np.ndarray:
+    """The frame with each galaxy's box, track number, class and confidence drawn."""
+    captions = [
+        f"{t.track_id} {label} {conf:.2f}" if label != UNCERTAIN else f"{t.track_id} ?"
+        for t, label, conf in zip(result.tracks, result.labels, result.confidences, strict=True)
+    ]
+    palette = palette if palette is not None else palette_of(chain)
+    return annotate(result.frame.image, result.detections.boxes, captions, result.labels, palette)
+
+
+def palette_of(chain: Chain) -> dict[str, tuple[int, int, int]]:
+    """BGR drawing colour per class, from the classifier's card."""
     palette = {UNCERTAIN: (160, 160, 160)}
     colors = chain.classifier.card.raw.get("colors_rgb") if chain.classifier else None
     if colors:

@@ -158,6 +158,41 @@ def _register_bench(verbs: argparse._SubParsersAction, formatter: type[argparse.
     bench.add_argument("--write-reference", type=Path, help="write a reference CSV from this run")
     bench.set_defaults(handler=run_bench)
 
+    serve = verbs.add_parser(
+        "serve",
+        help="the field demo page: the sky with boxes, and 'you vs the machine' at classifying galaxies",
+        description="A small web app (Flask) for star parties and classrooms: a slideshow or live camera "
+        "with the detector's boxes, and a game in which visitors classify galaxies, then see the "
+        "classifier's answer, its probabilities and where it looked. Binds 127.0.0.1 unless --host says "
+        "otherwise; writes only rounds.csv in --data.",
+        formatter_class=formatter,
+        epilog="example:\n  galaxy-edge serve                        # http://127.0.0.1:8080\n"
+        "  galaxy-edge serve --host 0.0.0.0 --source 0   # on the LAN, with the camera",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--source", default=str(MODELS_DIR.parent / "samples"), help="sky panel: camera, video or images"
+    )
+    serve.add_argument("--no-sky", action="store_true", help="the game only: no detector, no sky panel")
+    serve.add_argument(
+        "--interval", type=float, default=6.0, help="seconds per still image in the sky slideshow"
+    )
+    serve.add_argument(
+        "--deck",
+        type=Path,
+        default=MODELS_DIR.parent / "samples" / "deck",
+        help="game images: one folder per class; the first image of each is its button picture",
+    )
+    serve.add_argument("--data", type=Path, default=Path("out/serve"), help="where rounds.csv is written")
+    serve.add_argument("--detector", type=Path, default=DEFAULT_DETECTOR, help="detector .tflite")
+    serve.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="classifier .tflite")
+    serve.add_argument(
+        "--tiles-per-frame", type=int, default=4, help="rolling tiles per frame for big camera frames"
+    )
+    _runtime_options(serve)
+    serve.set_defaults(handler=run_serve)
+
 
 def run_bench(args: argparse.Namespace) -> int:
     from edge.bench import (
@@ -214,6 +249,38 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"regression: {problem}")
         print(f"check against {args.check}: {'FAILED' if problems else 'passed'}")
         return 1 if problems else 0
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import flask  # noqa: F401
+    except ImportError:
+        from galaxy_edge.errors import MissingDependencyError
+
+        raise MissingDependencyError("flask", "serve", "galaxy-edge serve") from None
+    from edge.chain import Chain, ChainSettings
+    from edge.models import Classifier, Detector
+    from edge.serve.app import create_app, serve
+    from edge.serve.sky import SkyFeed
+
+    classifier = Classifier(args.classifier, args.threads, args.runtime)
+    sky = None
+    if not args.no_sky:
+        # The sky's chain has its own classifier: an interpreter is not shared across threads.
+        chain = Chain(
+            Detector(args.detector, args.threads, args.runtime),
+            Classifier(args.classifier, args.threads, args.runtime),
+            ChainSettings(tiles_per_frame=args.tiles_per_frame),
+        )
+        sky = SkyFeed(chain, args.source, args.interval).start()
+    app = create_app(classifier, args.deck, args.data, sky)
+    print(f"serving on http://{args.host}:{args.port}/ (rounds logged to {args.data / 'rounds.csv'})")
+    try:
+        serve(app, args.host, args.port)
+    finally:
+        if sky:
+            sky.stop()
     return 0
 
 

@@ -49,7 +49,12 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     stamps.add_argument(
         "--balanced", action="store_true", help="equal counts per class (default: real proportions)"
     )
-    stamps.add_argument("--format", choices=("h5", "png"), default="h5")
+    stamps.add_argument(
+        "--format",
+        choices=("h5", "png", "jpg"),
+        default="h5",
+        help="h5 (astroNN layout) or one folder per class",
+    )
     stamps.add_argument("--workers", type=_positive, help="processes (default: all cores)")
     stamps.add_argument("--out", type=Path, required=True, help="output folder")
     stamps.set_defaults(handler=run_stamps)
@@ -103,7 +108,7 @@ def run_stamps(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from galaxy_edge.schemes import get_scheme
-    from simulation.stamps import StampSettings, render_stamps, write_h5, write_png_folders
+    from simulation.stamps import StampSettings, render_stamps, write_h5, write_image_folders
 
     settings = StampSettings(scheme=args.scheme, size=args.size, seed=args.seed, balanced=args.balanced)
     started = time.perf_counter()
@@ -119,7 +124,7 @@ def run_stamps(args: argparse.Namespace) -> int:
             args.seed,
         )
     else:
-        target = write_png_folders(args.out, images, labels, args.scheme)
+        target = write_image_folders(args.out, images, labels, args.scheme, args.format)
     names = get_scheme(args.scheme).names
     counts = ", ".join(f"{names[i]} {int((labels == i).sum())}" for i in range(len(names)))
     print(f"wrote {args.n} stamps to {target} ({args.n / elapsed:.0f} stamps/s): {counts}")

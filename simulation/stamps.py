@@ -163,8 +163,10 @@ def write_h5(path: Path | str, images: np.ndarray, labels: np.ndarray, scheme: s
     return path
 
 
-def write_png_folders(out: Path | str, images: np.ndarray, labels: np.ndarray, scheme: str) -> Path:
-    """One folder per class name, stamps as PNG."""
+def write_image_folders(
+    out: Path | str, images: np.ndarray, labels: np.ndarray, scheme: str, suffix: str = "png"
+) -> Path:
+    """One folder per class name (the image-folder layout the loaders read), stamps as PNG or JPEG."""
     from PIL import Image
 
     out = Path(out)
@@ -172,5 +174,7 @@ def write_png_folders(out: Path | str, images: np.ndarray, labels: np.ndarray, s
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         folder = out / names[label]
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{i:06d}.png")
+        Image.fromarray(image).save(
+            folder / f"{i:06d}.{suffix}", **({"quality": 92} if suffix == "jpg" else {})
+        )
     return out

@@ -82,6 +82,28 @@ def test_runtime_verbs_and_edge_work_without_tensorflow(python: str) -> None:
     assert "usage: galaxy-edge run" in result.stdout and result.stdout.strip().endswith("ok")
 
 
+def test_serve_plays_a_round_without_tensorflow(python: str) -> None:
+    result = _python_with_blocked_training_side(
+        python,
+        """
+        import sys, tempfile
+        from pathlib import Path
+        from edge.models import Classifier
+        from edge.serve.app import create_app
+        classifier = Classifier("models/galaxy10_classifier_int8.tflite")
+        client = create_app(classifier, Path("samples/deck"), Path(tempfile.mkdtemp())).test_client()
+        token = client.post("/api/round").get_json()["token"]
+        answer = client.post("/api/answer", json={"token": token, "answer": "merging"}).get_json()
+        assert client.get(answer["attention"]).status_code == 200
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+        assert not loaded, loaded
+        print("ok", answer["score"]["rounds"])
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("ok 1")
+
+
 def test_console_script_runs(python: str) -> None:
     script = Path(python).with_name("galaxy-edge")
     if not script.exists():

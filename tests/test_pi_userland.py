@@ -197,3 +197,50 @@ def test_shipped_models_agree_under_tflite_runtime_2_14(pi_python: Path) -> None
         if share < 0.8:
             problems.append(f"{name}: only {share:.3f} of confident detections matched at IoU 0.9")
     assert not problems, problems
+
+
+SERVE_WHEELS = ("flask==3.1.3", "werkzeug==3.1.9", "jinja2==3.1.6", "itsdangerous==2.2.0", "click==8.5.1")
+SERVE_WHEELS += ("blinker==1.9.0", "markupsafe==3.0.4")
+
+
+def test_serve_plays_a_round_on_the_pi(pi_python: Path, tmp_path: Path) -> None:
+    """`galaxy-edge serve`'s app with the shipped int8 classifier under tflite-runtime 2.14 on arm64,
+    Flask and its dependencies as a Pi user's pip installs them (arm64 wheels)."""
+    site = PI_DIR / "serve-site"
+    if not (site / "flask").is_dir():
+        wheels = tmp_path / "wheels"
+        download = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q"]
+        download += ["--python-version", "3.11", "--implementation", "cp", "-d", str(wheels)]
+        download += ["--platform", "manylinux2014_aarch64", *SERVE_WHEELS]
+        result = subprocess.run(download, capture_output=True, text=True, timeout=300, check=False)
+        if result.returncode != 0:
+            pytest.skip(f"could not download Flask's arm64 wheels: {result.stderr.strip()[-200:]}")
+        for wheel in wheels.glob("*.whl"):
+            subprocess.run([sys.executable, "-m", "zipfile", "-e", str(wheel), str(site)], check=True)
+    code = (
+        "import sys, tempfile\n"
+        "from pathlib import Path\n"
+        "from edge.models import Classifier\n"
+        "from edge.serve.app import create_app\n"
+        "classifier = Classifier('models/galaxy10_classifier_int8.tflite')\n"
+        "client = create_app(classifier, Path('samples/deck'), Path(tempfile.mkdtemp())).test_client()\n"
+        "token = client.post('/api/round').get_json()['token']\n"
+        "answer = client.post('/api/answer', json={'token': token, 'answer': 'merging'}).get_json()\n"
+        "assert client.get(answer['attention']).status_code == 200\n"
+        "import edge.interpreter as e\n"
+        "runtime = e.runtime_name(e.interpreter_module())\n"
+        "print(runtime, answer['score']['rounds'], answer['machine']['class'])\n"
+    )
+    result = subprocess.run(
+        [str(pi_python), "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=f"{REPO}:{site}"),
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    runtime, rounds, machine = result.stdout.split()[-3:]
+    labels = json.loads((REPO / "models" / "galaxy10_classifier_int8.json").read_text())["labels"]
+    assert runtime.startswith("tflite_runtime") and rounds == "1" and machine in labels

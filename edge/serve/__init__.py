@@ -1,0 +1,1 @@
+"""`galaxy-edge serve`: the field demo web app (Flask) on the edge runtime."""
