@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import statistics
 import tempfile
 import time
@@ -32,6 +33,17 @@ CORAL_YARDSTICKS = {
     "coral_mobilenet_v2_1.0_224": "mobilenet_v2_1.0_224_quant.tflite",
     "coral_mobilenet_v1_0.25_128": "mobilenet_v1_0.25_128_quant.tflite",
 }
+# Published Pi figure that calibrates instructions to milliseconds: SSDLite MobileNetV2 300 int8, TFLite on
+# a Raspberry Pi 4 CPU with 4 threads, 57 ms (the project's public anchor; same architecture and op mix as
+# our SSD yardstick, 773 MMAC). Raspberry Pi 5: "two to three times the CPU performance" of a Pi 4
+# (Raspberry Pi's Pi 5 announcement, 2023-09-28); the middle, 2.5, is used. A projection, not a measurement.
+PI4_YARDSTICK_MS = 57.0
+PI5_SPEEDUP = 2.5
+SSD = "ssd_mobilenet_v2_300"
+# The chain's instruction count is taken on this real 1280x720 frame (hundreds of galaxies).
+ICOUNT_FRAME = REPO / "samples" / "hubble_udf_crop_1280x720.jpg"
+
+
 RESOLUTIONS = {"640x480": (640, 480), "1280x720": (1280, 720), "1920x1080": (1920, 1080)}
 
 
@@ -415,14 +427,28 @@ def markdown(result: dict) -> str:
     if result.get("arm_icount"):
         lines += [
             "",
-            "| arm64 instructions (emulated Pi userland) | millions | x yardstick |",
-            "|---|---|---|",
+            "| arm64 instructions (emulated Pi userland) | millions | x yardstick | Pi 4 ms (projected) "
+            "| Pi 5 ms (projected) |",
+            "|---|---|---|---|---|",
         ]
         for key, c in result["arm_icount"].items():
-            value = c.get("instructions_per_frame", c.get("instructions_per_invoke"))
             ratio = f"{c['ratio_to_yardstick']:.3f} ({c['yardstick']})" if "ratio_to_yardstick" in c else ""
             unit = "per frame" if "instructions_per_frame" in c else "per invoke"
-            lines.append(f"| {key} ({unit}) | {value / 1e6:.1f} | {ratio} |")
+            pi4 = f"{c['projected_ms_pi4']:.1f}" if "projected_ms_pi4" in c else ""
+            pi5 = f"{c['projected_ms_pi5']:.1f}" if "projected_ms_pi5" in c else ""
+            lines.append(f"| {key} ({unit}) | {_icount_value(c) / 1e6:.1f} | {ratio} | {pi4} | {pi5} |")
+            for stage, value in c.get("stages", {}).items():
+                lines.append(f"| {key}: {stage} | {value / 1e6:.1f} | | | |")
+        chain = result["arm_icount"].get("chain_1280x720", {})
+        if chain:
+            lines.append(
+                f"\nThe chain's frame: {chain['tiles']} detector tiles, {chain['crops']} galaxies classified."
+            )
+        if any("projected_ms_pi4" in c for c in result["arm_icount"].values()):
+            lines.append(
+                f"Projected ms: instructions x {PI4_YARDSTICK_MS:g} ms / the SSD yardstick's instructions "
+                f"(its published Pi 4 figure, 4 threads); Pi 5 = Pi 4 / {PI5_SPEEDUP:g}. A projection."
+            )
     lines += ["", *[f"Note: {n}" for n in result["notes"]]]
     return "\n".join(lines) + "\n"
 
@@ -460,11 +486,13 @@ def flatten(result: dict) -> dict[tuple[str, str], float]:
     for key, c in result.get("arm_icount", {}).items():
         metric = "instructions_per_frame" if "instructions_per_frame" in c else "instructions_per_invoke"
         values[(f"arm_icount.{key}", metric)] = c[metric]
-    for key, m in result["models"].items():
+        for stage, value in c.get("stages", {}).items():
+            values[(f"arm_icount.{key}.{stage}", metric)] = value
+    for key, m in result.get("models", {}).items():
         values[(f"models.{key}", "p50_ms")] = m["p50_ms"]
         if "ratio_to_yardstick" in m:
             values[(f"models.{key}", "ratio_to_yardstick")] = m["ratio_to_yardstick"]
-    for key, c in result["chain"].items():
+    for key, c in result.get("chain", {}).items():
         values[(f"chain.{key}", "fps")] = c["fps"]
         values[(f"chain.{key}", "p90_frame_age_ms")] = c["p90_frame_age_ms"]
         if "ratio_to_yardstick" in c:
@@ -521,40 +549,69 @@ def write_outputs(result: dict, json_path: Path | None, markdown_path: Path | No
         markdown_path.write_text(markdown(result))
 
 
+def _icount_value(entry: dict) -> float:
+    return entry.get("instructions_per_frame", entry.get("instructions_per_invoke", 0.0))
+
+
+def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict) -> dict:
+    """Instructions per 1280x720 frame of the whole chain (every tile, every galaxy classified), and
+    its stages: detector and classifier invokes (count x per invoke), detection's own work (tiling,
+    input lookup tables, decoding, NMS, tracking) and the crops' (cropping, resizing, softmax)."""
+    from edge.icount import per_run
+
+    whole, printed = per_run(["chain", str(detector), str(classifier), str(frame)], 1)
+    detect_only, _ = per_run(["chain", str(detector), "none", str(frame)], 1)
+    tiles, crops = (int(v) for v in re.findall(r"TILES (\d+) CROPS (\d+)", printed)[-1])
+    detector_invokes = tiles * models["detector"]["instructions_per_invoke"]
+    classifier_invokes = crops * models["classifier"]["instructions_per_invoke"]
+    return {
+        "instructions_per_frame": whole,
+        "frame": str(frame),
+        "tiles": tiles,
+        "crops": crops,
+        "stages": {
+            "detector_invokes": detector_invokes,
+            "detection_tiling_decoding_nms_tracking": detect_only - detector_invokes,
+            "classifier_invokes": classifier_invokes,
+            "cropping_resizing_softmax": whole - detect_only - classifier_invokes,
+        },
+    }
+
+
 def arm_instruction_counts(
-    detector: Path, classifier: Path, frame: Path, progress: Callable[[str], None] = lambda _: None
+    detector: Path,
+    classifier: Path,
+    frame: Path,
+    progress: Callable[[str], None] = lambda _: None,
+    yardsticks: bool = True,
 ) -> dict:
-    """arm64 instructions per invoke (models, yardsticks) and per 1280x720 frame (the chain,
-    every tile, every galaxy classified), counted in the emulated Pi userland, with ratios."""
+    """arm64 instructions per invoke (models, and yardsticks unless told not) and per 1280x720 frame
+    (the chain, with its stages), counted in the emulated Pi userland, with ratios to the yardsticks
+    and a projection of Pi 4 and Pi 5 milliseconds calibrated on the SSD yardstick's published figure."""
     from edge.icount import per_run
 
     items = {"detector": detector, "classifier": classifier}
-    ssd = ssd_yardstick()
-    if ssd:
-        items["ssd_mobilenet_v2_300"] = ssd
-    for name, file in CORAL_YARDSTICKS.items():
-        if (REFERENCE_MODELS / file).is_file():
-            items[name] = REFERENCE_MODELS / file
+    if yardsticks:
+        ssd = ssd_yardstick()
+        if ssd:
+            items[SSD] = ssd
+        for name, file in CORAL_YARDSTICKS.items():
+            if (REFERENCE_MODELS / file).is_file():
+                items[name] = REFERENCE_MODELS / file
     counts: dict = {}
     for name, path in items.items():
         progress(f"arm64 instructions: {name}")
-        counts[name] = {"instructions_per_invoke": per_run(["model", str(path)], 3)}
-    progress("arm64 instructions: chain on a 1280x720 frame")
-    counts["chain_1280x720"] = {
-        "instructions_per_frame": per_run(["chain", str(detector), str(classifier), str(frame)], 2),
-        "frame": str(frame),
-    }
-    reference = {"detector": "ssd_mobilenet_v2_300", "classifier": "coral_mobilenet_v2_1.0_224"}
+        counts[name] = {"instructions_per_invoke": per_run(["model", str(path)], 3)[0]}
+    progress("arm64 instructions: the chain on a 1280x720 frame, and without the classifier")
+    counts["chain_1280x720"] = chain_breakdown(detector, classifier, frame, counts)
+    reference = {"detector": SSD, "classifier": "coral_mobilenet_v2_1.0_224", "chain_1280x720": SSD}
     for name, base in reference.items():
         if base in counts:
-            counts[name]["ratio_to_yardstick"] = (
-                counts[name]["instructions_per_invoke"] / counts[base]["instructions_per_invoke"]
-            )
+            counts[name]["ratio_to_yardstick"] = _icount_value(counts[name]) / _icount_value(counts[base])
             counts[name]["yardstick"] = base
-    if "ssd_mobilenet_v2_300" in counts:
-        counts["chain_1280x720"]["ratio_to_yardstick"] = (
-            counts["chain_1280x720"]["instructions_per_frame"]
-            / counts["ssd_mobilenet_v2_300"]["instructions_per_invoke"]
-        )
-        counts["chain_1280x720"]["yardstick"] = "ssd_mobilenet_v2_300"
+    if SSD in counts:
+        ms_per_instruction = PI4_YARDSTICK_MS / counts[SSD]["instructions_per_invoke"]
+        for entry in counts.values():
+            entry["projected_ms_pi4"] = _icount_value(entry) * ms_per_instruction
+            entry["projected_ms_pi5"] = entry["projected_ms_pi4"] / PI5_SPEEDUP
     return counts

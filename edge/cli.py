@@ -150,6 +150,12 @@ def _register_bench(verbs: argparse._SubParsersAction, formatter: type[argparse.
         help="also count arm64 instructions per invoke and per 1280x720 frame in the emulated Pi userland "
         "(../shared/tools/pi-userland; deterministic, minutes)",
     )
+    bench.add_argument(
+        "--arm-icount-only",
+        action="store_true",
+        help="only the arm64 instruction counts (no timing): `--arm-icount-only --write-reference "
+        "bench/reference_arm_icount.csv` refreshes the reference that `make test` checks",
+    )
     bench.add_argument("--json", type=Path, help="write the results as JSON (a .md table beside it)")
     bench.add_argument("--histogram", type=Path, help="latency histogram PNG (needs matplotlib)")
     bench.add_argument(
@@ -214,24 +220,30 @@ def run_bench(args: argparse.Namespace) -> int:
             floating = path.with_name(path.name.replace("_int8", "_float32"))
             if floating != path and floating.is_file():
                 extra[f"{role}_float32"] = floating
-    result = run_benchmark(
-        args.detector,
-        args.classifier,
-        args.threads,
-        args.seconds,
-        args.resolutions,
-        extra_models=extra,
-        sim_frames=args.sim_frames,
-        progress=lambda message: print(f"bench: {message}", file=sys.stderr),
-        tiles_per_frame=args.tiles_per_frame,
-    )
-    if args.arm_icount:
-        from edge.bench import REPO, arm_instruction_counts
 
-        frame = REPO / "samples" / "hubble_udf_crop_1280x720.jpg"
-        result["arm_icount"] = arm_instruction_counts(
-            args.detector, args.classifier, frame, lambda m: print(f"bench: {m}", file=sys.stderr)
+    def progress(message: str) -> None:
+        print(f"bench: {message}", file=sys.stderr)
+
+    if args.arm_icount_only:
+        from edge.bench import environment
+
+        result = {"environment": environment(), "models": {}, "chain": {}, "notes": []}
+    else:
+        result = run_benchmark(
+            args.detector,
+            args.classifier,
+            args.threads,
+            args.seconds,
+            args.resolutions,
+            extra_models=extra,
+            sim_frames=args.sim_frames,
+            progress=progress,
+            tiles_per_frame=args.tiles_per_frame,
         )
+    if args.arm_icount or args.arm_icount_only:
+        from edge.bench import ICOUNT_FRAME, arm_instruction_counts
+
+        result["arm_icount"] = arm_instruction_counts(args.detector, args.classifier, ICOUNT_FRAME, progress)
     print(markdown(result))
     if args.json:
         write_outputs(result, args.json, args.json.with_suffix(".md"))

@@ -6,7 +6,10 @@ warms it up, then runs it K times; the count of a run with K minus the count of 
 is the cost of K invokes or frames, start-up and warm-up excluded.
 
     python -m edge.icount model PATH K
-    python -m edge.icount chain DETECTOR CLASSIFIER FRAME K
+    python -m edge.icount chain DETECTOR CLASSIFIER|none FRAME K
+
+The chain classifies every galaxy on every frame and detects over every tile (the full frame at
+native scale): the cold cost of a new field, not the live view's steady state.
 """
 
 from __future__ import annotations
@@ -42,17 +45,24 @@ def _probe(argv: list[str]) -> None:
         from edge.chain import Chain, ChainSettings
         from edge.models import Classifier, Detector
         from edge.sources import Frame
+        from edge.tiling import needs_tiling, tile_layout
 
-        detector, classifier, frame_path, count = rest[0], rest[1], rest[2], int(rest[3])
+        detector_path, classifier_path, frame_path, count = rest[0], rest[1], rest[2], int(rest[3])
         image = cv2.imread(frame_path)
-        chain = Chain(Detector(detector, 1), Classifier(classifier, 1), ChainSettings(reclassify_every=1))
-        chain.process(Frame(0, image, "icount", 0.0))
+        detector = Detector(detector_path, 1)
+        classifier = Classifier(classifier_path, 1) if classifier_path != "none" else None
+        chain = Chain(detector, classifier, ChainSettings(reclassify_every=1))
+        result = chain.process(Frame(0, image, "icount", 0.0))
         for index in range(count):
             chain.process(Frame(index + 1, image, "icount", 0.0))
+        tiles = len(tile_layout(detector, image.shape)) if needs_tiling(detector, image.shape) else 1
+        # What the frame cost is made of, for the caller's breakdown (stdout; the count is on stderr).
+        print(f"TILES {tiles} CROPS {len(result.detections) if classifier else 0}")
 
 
-def count_instructions(arguments: list[str], pi_dir: Path = PI_DIR) -> int:
-    """Instructions of `python -m edge.icount ARGUMENTS` in the userland (built if missing)."""
+def count_instructions(arguments: list[str], pi_dir: Path = PI_DIR) -> tuple[int, str]:
+    """Instructions of `python -m edge.icount ARGUMENTS` in the userland (built if missing), and
+    what the probe printed."""
     build, icount = PI_TOOLS / "build.sh", PI_TOOLS / "icount.sh"
     if not icount.is_file():
         raise FileNotFoundError(f"{icount}: the Pi userland tool is not here")
@@ -66,21 +76,22 @@ def count_instructions(arguments: list[str], pi_dir: Path = PI_DIR) -> int:
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        env=dict(os.environ, PYTHONPATH=str(REPO), PYTHONHASHSEED="0"),
         timeout=3600,
         check=False,
     )
     match = re.search(r"ICOUNT (\d+)", result.stderr)
     if result.returncode != 0 or not match:
         raise RuntimeError(f"icount failed: {result.stderr.strip().splitlines()[-3:]}")
-    return int(match.group(1))
+    return int(match.group(1)), result.stdout
 
 
-def per_run(arguments_with_count: list[str], runs: int) -> float:
-    """Instructions per invoke or frame: (count with `runs` - count with 0) / runs."""
-    with_runs = count_instructions([*arguments_with_count, str(runs)])
-    without = count_instructions([*arguments_with_count, "0"])
-    return (with_runs - without) / runs
+def per_run(arguments_with_count: list[str], runs: int) -> tuple[float, str]:
+    """Instructions per invoke or frame, (count with `runs` - count with 0) / runs, and what the
+    probe printed."""
+    with_runs, printed = count_instructions([*arguments_with_count, str(runs)])
+    without, _ = count_instructions([*arguments_with_count, "0"])
+    return (with_runs - without) / runs, printed
 
 
 if __name__ == "__main__":

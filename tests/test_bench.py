@@ -74,3 +74,22 @@ def test_benchmark_json_shape_and_reference_check(tiny_models, tmp_path: Path, r
     assert "samples_ms" not in saved["models"]["detector"] and saved["chain"] == {}
     assert (tmp_path / "b.md").read_text().startswith("# galaxy-edge bench")
     assert np.isfinite(saved["models"]["detector"]["p50_ms"])
+
+
+def test_instruction_reference_names_the_stage_that_grew(tmp_path: Path) -> None:
+    stages = {"detector_invokes": 2.0e9, "classifier_invokes": 1.0e9}
+    counts = {
+        "detector": {"instructions_per_invoke": 1.5e8},
+        "chain_1280x720": {"instructions_per_frame": 3.0e9, "stages": stages},
+    }
+    reference = write_reference({"arm_icount": counts}, tmp_path / "ref.csv")
+    assert "arm_icount.chain_1280x720.detector_invokes,instructions_per_frame,2e+09,0.02" in (
+        reference.read_text()
+    )
+    same = {"arm_icount": json.loads(json.dumps(counts))}
+    assert check_reference(same, reference) == []
+    grown = json.loads(json.dumps(counts))
+    grown["chain_1280x720"]["stages"]["classifier_invokes"] *= 1.03  # 3%: over the 2% tolerance
+    grown["detector"]["instructions_per_invoke"] *= 1.01  # 1%: within it
+    problems = check_reference({"arm_icount": grown}, reference)
+    assert len(problems) == 1 and problems[0].startswith("arm_icount.chain_1280x720.classifier_invokes")

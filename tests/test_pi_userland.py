@@ -244,3 +244,28 @@ def test_serve_plays_a_round_on_the_pi(pi_python: Path, tmp_path: Path) -> None:
     runtime, rounds, machine = result.stdout.split()[-3:]
     labels = json.loads((REPO / "models" / "galaxy10_classifier_int8.json").read_text())["labels"]
     assert runtime.startswith("tflite_runtime") and rounds == "1" and machine in labels
+
+
+ICOUNT_REFERENCE = REPO / "bench" / "reference_arm_icount.csv"
+
+
+def test_instruction_counts_have_not_grown(pi_python: Path) -> None:
+    """The shipped models' and the chain's arm64 instructions against the committed reference: a change
+    that raises any of them, or a stage of the chain, by more than 2% fails here and names it. Refresh
+    the reference on purpose with `galaxy-edge bench --arm-icount-only --write-reference
+    bench/reference_arm_icount.csv`."""
+    from edge.bench import ICOUNT_FRAME, arm_instruction_counts, check_reference, flatten
+
+    models = REPO / "models"
+    counts = arm_instruction_counts(
+        models / "galaxy_detector_int8.tflite",
+        models / "galaxy10_classifier_int8.tflite",
+        ICOUNT_FRAME,
+        yardsticks=False,
+    )
+    result = {"arm_icount": counts}
+    pinned = {row.split(",")[0] for row in ICOUNT_REFERENCE.read_text().splitlines()[1:]}
+    measured = {key for key, _ in flatten(result)}
+    assert measured <= pinned, f"not in the reference: {measured - pinned}"
+    problems = check_reference(result, ICOUNT_REFERENCE)
+    assert not problems, "instruction counts grew:\n" + "\n".join(problems)
