@@ -12,14 +12,21 @@ import numpy as np
 
 from edge.interpreter import ModelError, load_interpreter
 from edge.model_card import ModelCard, read_model_card
+from edge.resize import area_shrink
 
 
 class TFLiteModel:
     """A .tflite model with its card: one input image tensor, dequantized float outputs."""
 
-    def __init__(self, path: Path | str, threads: int | None = None, runtime: str | None = None) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        threads: int | None = None,
+        runtime: str | None = None,
+        kernels: str = "default",
+    ) -> None:
         self.path = Path(path)
-        self.interpreter = load_interpreter(self.path, threads, runtime)
+        self.interpreter = load_interpreter(self.path, threads, runtime, kernels)
         self.card: ModelCard = read_model_card(self.path)
         details = self.interpreter.get_input_details()
         if len(details) != 1 or len(details[0]["shape"]) != 4 or details[0]["shape"][3] != 3:
@@ -42,15 +49,23 @@ class TFLiteModel:
             values = np.clip(np.round(values / scale + zero_point), info.min, info.max)
         return values.astype(dtype)
 
+    # Shrink with edge.resize's exact area averaging (the same pixels on a Pi as on x86) rather than
+    # OpenCV's INTER_AREA; worth it for small crops, too slow for whole camera frames.
+    exact_shrink = False
+
     def preprocess(self, image_bgr: np.ndarray) -> np.ndarray:
         """(1, H, W, 3) input tensor from an 8-bit BGR image of any size."""
         if image_bgr.shape[:2] != (self.height, self.width):
-            shrinking = image_bgr.shape[0] > self.height or image_bgr.shape[1] > self.width
-            image_bgr = cv2.resize(
-                image_bgr,
-                (self.width, self.height),
-                interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
-            )
+            shrinking = image_bgr.shape[0] >= self.height and image_bgr.shape[1] >= self.width
+            if shrinking and self.exact_shrink:
+                image_bgr = area_shrink(image_bgr, self.width, self.height)
+            else:
+                # INTER_LINEAR on 8-bit images is fixed-point: the same pixels on every build.
+                image_bgr = cv2.resize(
+                    image_bgr,
+                    (self.width, self.height),
+                    interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
+                )
         # Model channel m reads frame channel source[m] (frames are BGR, as OpenCV gives them).
         source = (2, 1, 0) if self.card.color_order.upper() == "RGB" else (0, 1, 2)
         tensor = np.empty((1, self.height, self.width, 3), self.input_lut.dtype)
@@ -89,8 +104,16 @@ def dihedral_views(image: np.ndarray) -> list[np.ndarray]:
 class Classifier(TFLiteModel):
     """Galaxy10 classifier: class probabilities for galaxy crops."""
 
-    def __init__(self, path: Path | str, threads: int | None = None, runtime: str | None = None) -> None:
-        super().__init__(path, threads, runtime)
+    exact_shrink = True
+
+    def __init__(
+        self,
+        path: Path | str,
+        threads: int | None = None,
+        runtime: str | None = None,
+        kernels: str = "default",
+    ) -> None:
+        super().__init__(path, threads, runtime, kernels)
         if self.card.task != "classifier":
             raise ModelError(f"{self.path}: model card says task '{self.card.task}', expected classifier")
         self.labels = self.card.labels
@@ -184,8 +207,14 @@ class Detector(TFLiteModel):
     """SSD detector with raw box and class heads decoded here (numpy), or the in-graph
     TFLite_Detection_PostProcess variant."""
 
-    def __init__(self, path: Path | str, threads: int | None = None, runtime: str | None = None) -> None:
-        super().__init__(path, threads, runtime)
+    def __init__(
+        self,
+        path: Path | str,
+        threads: int | None = None,
+        runtime: str | None = None,
+        kernels: str = "default",
+    ) -> None:
+        super().__init__(path, threads, runtime, kernels)
         if self.card.task != "detector" or self.card.decoding is None:
             raise ModelError(f"{self.path}: model card says task '{self.card.task}', expected detector")
         self.decoding = self.card.decoding

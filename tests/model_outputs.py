@@ -1,7 +1,9 @@
 """Outputs of the shipped models on fixed inputs, as JSON on stdout; run by both the x86 and the
 emulated Pi interpreters (it imports only the edge runtime, numpy and OpenCV).
 
-    python -m tests.model_outputs MODELS_DIR SAMPLES_DIR
+    python -m tests.model_outputs MODELS_DIR SAMPLES_DIR [KERNELS]
+
+KERNELS is the runtime's "default" or TFLite's "builtin" ones (see edge.interpreter).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from edge.models import Classifier, Detector
 from edge.tiling import detect_frame
 
 
-def main(models: Path, samples: Path) -> None:
+def main(models: Path, samples: Path, kernels: str = "default") -> None:
     images = [cv2.imread(str(p)) for p in sorted(samples.glob("*.jpg"))]
     # Classifier inputs as the chain makes them: square crops centred on sources (the brightest
     # local maxima of each sample), at several sizes.
@@ -36,9 +38,9 @@ def main(models: Path, samples: Path) -> None:
     for path in sorted(models.glob("*.tflite")):
         card = json.loads(path.with_suffix(".json").read_text())
         if card["task"] == "classifier":
-            output[path.name] = Classifier(path).classify(crops).tolist()
+            output[path.name] = Classifier(path, kernels=kernels).classify(crops).tolist()
         else:
-            detector = Detector(path)
+            detector = Detector(path, kernels=kernels)
             found = []
             for image in images:
                 result = detect_frame(detector, image)
@@ -48,4 +50,4 @@ def main(models: Path, samples: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:4])
