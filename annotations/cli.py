@@ -80,8 +80,23 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     )
     propose.add_argument("images", nargs="+", type=Path, help="image or FITS files, or folders of them")
     propose.add_argument("--out", type=Path, required=True)
-    propose.add_argument("--thresh", type=float, default=2.5, help="detection threshold in background sigma")
-    propose.add_argument("--minarea", type=int, default=5, help="minimum pixels above the threshold")
+    propose.add_argument("--thresh", type=float, help="detection threshold in background sigma (default 2)")
+    propose.add_argument("--minarea", type=int, help="minimum pixels above the threshold (default 8)")
+    propose.add_argument(
+        "--deblend-cont", type=float, help="sep's deblending contrast: lower splits more (default 0.0005)"
+    )
+    propose.add_argument(
+        "--hot-mesh",
+        type=int,
+        help="background cell of the second, 'hot' pass that finds small galaxies in big ones' halos "
+        "(default 24 pixels; 0: one pass)",
+    )
+    propose.add_argument(
+        "--star-ratio",
+        type=float,
+        help="a source is a star when its half-light radius is under this times the stellar locus "
+        "(default 1.0; higher: more stars, fewer galaxies)",
+    )
     propose.add_argument("--psf-fwhm", type=float, help="PSF FWHM in pixels (default: estimated per frame)")
     propose.add_argument(
         "--filter-fwhm", type=float, help="Gaussian detection filter FWHM (default: sep 3x3)"
@@ -163,14 +178,21 @@ def run_propose(args: argparse.Namespace) -> int:
 
     from annotations.propose import ProposalSettings, propose_files
 
+    given = {
+        "thresh_sigma": args.thresh,
+        "minarea": args.minarea,
+        "deblend_cont": args.deblend_cont,
+        "star_radius_ratio": args.star_ratio,
+    }
     settings = ProposalSettings(
-        thresh_sigma=args.thresh,
-        minarea=args.minarea,
+        **{name: value for name, value in given.items() if value is not None},
         psf_fwhm=args.psf_fwhm,
         filter_fwhm=args.filter_fwhm,
         include_stars=args.stars,
         label=args.label,
     )
+    if args.hot_mesh is not None:
+        settings.hot_mesh = args.hot_mesh or None  # 0: one pass
     images = _expand_images(args.images)
     bar = tqdm(total=len(images), desc="propose", unit="image", file=sys.stderr, mininterval=1)
     counts = {"galaxy": 0, "star": 0}

@@ -2,28 +2,40 @@
 
 OpenCV's INTER_AREA computes fractional box weights in floating point with SIMD code that differs
 between builds: OpenCV 4.11 on arm64 (the Pi) and 4.13 on x86 give different pixels for some sizes
-(80 -> 69 and 100 -> 69 measured), enough to flip near-tie answers of an int8 classifier. Here each
-weight is an integer (the overlap of an output span and an input pixel, in units of 1/output-size
-of a pixel), so every sum is an integer below 2**53 and float64 matrix products compute it exactly
-whatever order BLAS adds in; rounding is half up, as OpenCV's saturate_cast does. OpenCV has no exact
-area mode (INTER_LINEAR_EXACT is bilinear), hence these lines.
+(80 -> 69 and 100 -> 69 measured), enough to flip near-tie answers of an int8 classifier. Here all
+arithmetic is on integers: pixel edges are measured in units of 1/output-size of a pixel, so every
+overlap weight is an integer, and running sums (prefix sums, O(pixels), cheaper than weight matrices:
+4.4 M arm64 instructions for a 100x100 crop against 24 M) give each output's total exactly; rounding is
+half up, as OpenCV's saturate_cast does. OpenCV has no exact area mode (INTER_LINEAR_EXACT is
+bilinear), hence these lines.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 
 
-@lru_cache(maxsize=512)
-def _overlaps(length: int, size: int) -> np.ndarray:
-    """(size, length) integer overlaps of output span i, [i*length, (i+1)*length), with input pixel j,
-    [j*size, (j+1)*size): each row sums to `length`."""
-    starts = np.arange(size, dtype=np.int64)[:, None] * length
-    pixels = np.arange(length, dtype=np.int64)[None, :] * size
-    overlap = np.minimum(starts + length, pixels + size) - np.maximum(starts, pixels)
-    return np.clip(overlap, 0, None).astype(np.float64)
+def _area_sums(values: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Weighted sums over `size` equal spans of the axis; weights are overlaps in units of 1/size of
+    a pixel, so each output's weights add up to the axis length."""
+    length = values.shape[axis]
+    starts = np.arange(size, dtype=np.int64) * length  # span i: [i * length, (i + 1) * length)
+    ends = starts + length
+    first_whole = -(-starts // size)  # the first input pixel wholly inside the span (ceil)
+    after_whole = ends // size  # one past the last whole one
+    prefix = np.cumsum(values, axis=axis, dtype=np.int64)
+    zero = np.zeros_like(np.take(prefix, [0], axis=axis))
+    prefix = np.concatenate([zero, prefix], axis=axis)  # prefix[j]: the sum of pixels before j
+    sums = np.take(prefix, after_whole, axis=axis) - np.take(prefix, first_whole, axis=axis)
+    sums *= size
+    shape = [1] * values.ndim
+    shape[axis] = size
+    before = (first_whole * size - starts).reshape(shape)  # the part-pixel before the whole ones
+    after = (ends - after_whole * size).reshape(shape)  # and the one after them
+    last = length - 1
+    sums += before * np.take(values, np.clip(first_whole - 1, 0, last), axis=axis)
+    sums += after * np.take(values, np.clip(after_whole, 0, last), axis=axis)
+    return sums
 
 
 def area_shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -31,10 +43,6 @@ def area_shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
     in_height, in_width = image.shape[:2]
     if not (0 < width <= in_width and 0 < height <= in_height):
         raise ValueError(f"area_shrink only shrinks: {in_width}x{in_height} -> {width}x{height}")
-    channels = image.shape[2] if image.ndim == 3 else 1
-    rows = _overlaps(in_height, height) @ image.reshape(in_height, in_width * channels).astype(np.float64)
-    rows = rows.reshape(height, in_width, channels).transpose(0, 2, 1)  # (height, channels, in_width)
-    sums = rows @ _overlaps(in_width, width).T  # (height, channels, width)
+    sums = _area_sums(_area_sums(image, height, 0), width, 1)
     divisor = in_height * in_width
-    averaged = np.floor((sums + divisor // 2) / divisor).astype(np.uint8)
-    return averaged.transpose(0, 2, 1).reshape(height, width, *image.shape[2:])
+    return ((sums + divisor // 2) // divisor).astype(np.uint8)

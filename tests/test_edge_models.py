@@ -6,11 +6,13 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from edge.interpreter import ModelError, interpreter_module, runtime_name
 from edge.models import Classifier, Detections, Detector, dihedral_views, non_max_suppression
+from edge.resize import area_shrink
 from galaxy_edge.errors import GalaxyEdgeError
 from tests.conftest import blob_frame
 
@@ -93,3 +95,38 @@ def test_edgetpu_model_without_libedgetpu_says_so(tiny_models, tmp_path: Path) -
     shutil.copy(tiny_models["detector"], compiled)
     with pytest.raises(ModelError, match="libedgetpu"):
         Detector(compiled)
+
+
+def test_area_shrink_is_exact_area_averaging() -> None:
+    # 1 x 6 -> 1 x 4: spans of 1.5 pixels; [0, 1, 2, 3, 4, 5] averages to 1/3, 5/3, 10/3, 14/3.
+    row = np.arange(6, dtype=np.uint8).reshape(1, 6)
+    assert area_shrink(row, 4, 1).tolist() == [[0, 2, 3, 5]]
+    # Spans of 1.5 pixels: (0 + 3 * 0.5) / 1.5 = 1 and (3 * 0.5 + 6) / 1.5 = 5; half-way values round up.
+    assert area_shrink(np.array([[0, 3, 6]], np.uint8), 2, 1).tolist() == [[1, 5]]
+    assert area_shrink(np.array([[1, 2]], np.uint8), 1, 1).tolist() == [[2]]  # 1.5 rounds up
+    # Integer ratios are plain block means, channel by channel.
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (12, 18, 3), dtype=np.uint8)
+    blocks = image.reshape(4, 3, 6, 3, 3).astype(float).mean(axis=(1, 3))
+    assert np.array_equal(area_shrink(image, 6, 4), np.floor(blocks + 0.5).astype(np.uint8))
+    assert np.array_equal(area_shrink(image, 18, 12), image)
+    with pytest.raises(ValueError, match="only shrinks"):
+        area_shrink(image, 19, 12)
+
+
+def test_area_shrink_agrees_with_opencv_to_one_step() -> None:
+    rng = np.random.default_rng(1)
+    for size in (80, 100, 128, 131):
+        image = cv2.GaussianBlur(rng.integers(0, 256, (size, size + 7, 3), dtype=np.uint8), (0, 0), 1.5)
+        ours = area_shrink(image, 69, 69).astype(int)
+        theirs = cv2.resize(image, (69, 69), interpolation=cv2.INTER_AREA).astype(int)
+        assert np.abs(ours - theirs).max() <= 1 and (ours != theirs).mean() < 0.01
+
+
+def test_builtin_kernels_load_and_bad_kernels_are_refused(tiny_models) -> None:
+    frame = blob_frame(64, 64, [(20, 20, (150, 150, 255))])
+    default = Classifier(tiny_models["classifier"]).classify([frame])
+    builtin = Classifier(tiny_models["classifier"], kernels="builtin").classify([frame])
+    assert builtin.shape == default.shape and np.abs(builtin - default).max() < 0.05
+    with pytest.raises(GalaxyEdgeError, match="unknown kernels 'fast'"):
+        Classifier(tiny_models["classifier"], kernels="fast")

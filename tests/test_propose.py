@@ -94,3 +94,24 @@ def test_load_frame_handles_fits(tmp_path: Path) -> None:
     fits.PrimaryHDU(data, header=fits.Header({"SATURATE": 5000.0})).writeto(tmp_path / "f.fits")
     frame = load_frame(tmp_path / "f.fits")
     assert frame.data.shape == (3, 4) and frame.saturation == 5000.0 and frame.depth == 1
+
+
+def test_hot_pass_finds_small_galaxies_in_a_big_galaxys_halo() -> None:
+    height, width = 400, 600
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+
+    def exponential(x: float, y: float, scale: float, flux: float, q: float = 1.0) -> np.ndarray:
+        return flux / (2 * np.pi * scale**2 * q) * np.exp(-np.hypot(xx - x, (yy - y) / q) / scale)
+
+    frame = np.full((height, width), 10, np.float32) + exponential(300, 200, 40, 3e6, 0.7)
+    small = [(345, 220), (250, 175), (310, 260)]
+    for x, y in small:
+        frame += exponential(x, y, 2.5, 4000)
+    frame += np.random.default_rng(0).normal(0, 2, frame.shape).astype(np.float32)
+
+    def found(settings: ProposalSettings) -> list[bool]:
+        sources, _ = extract_sources(frame, settings)
+        return [min(np.hypot(s.x - x, s.y - y) for s in sources) < 2 for x, y in small]
+
+    assert not all(found(ProposalSettings(hot_mesh=None)))  # the cold pass merges them into the halo
+    assert all(found(ProposalSettings()))
