@@ -226,3 +226,25 @@ def test_occlusion_map_finds_the_galaxy(classifier: Classifier) -> None:
         quadrant[row : row + half, col : col + half] = True
         # The galaxy's quadrant carries the attention; the empty sky elsewhere hardly any.
         assert attention.heat[quadrant].mean() > 5 * attention.heat[~quadrant].mean()
+
+
+def test_sky_panel_survives_a_failing_frame(classifier: Classifier, tmp_path: Path) -> None:
+    chain = Chain(Detector(DETECTOR), None, ChainSettings())
+    process, calls = chain.process, []
+
+    def flaky(frame):
+        calls.append(frame.source)
+        if len(calls) == 1:
+            raise ValueError("sensor glitch")
+        return process(frame)
+
+    chain.process = flaky
+    sky = SkyFeed(chain, str(REPO / "samples" / "gz2_101654.jpg"), interval=0.05).start()
+    try:
+        deadline = time.monotonic() + 30
+        while (sky.frame() is None or sky.frame().number < 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(calls) >= 3 and sky.frame().number >= 2  # the glitch was skipped, frames went on
+        assert sky.error is None  # cleared by the next good frame
+    finally:
+        sky.stop()

@@ -63,7 +63,13 @@ class SkyFeed:
                 for frame in source:
                     if self._stop.is_set():
                         break
-                    result = self.chain.process(frame)
+                    try:
+                        result = self.chain.process(frame)
+                    except Exception as error:  # one bad frame must not end the panel: note it, go on
+                        self.error = f"{frame.source}: {error}"
+                        print(f"serve: skipped {self.error}", file=sys.stderr)
+                        continue
+                    self.error = None
                     image = annotate_result(self.chain, result)
                     if image.shape[1] > self.max_width:
                         scale = self.max_width / image.shape[1]
