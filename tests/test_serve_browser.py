@@ -46,8 +46,14 @@ def chromium() -> str:
         pytest.skip(
             "Debian's chromium is not installed and cannot be (apt-get as root): apt install chromium"
         )
+    environment = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=600, env=environment)
     result = subprocess.run(
-        ["apt-get", "install", "-y", "-q", "chromium"], capture_output=True, text=True, timeout=900
+        ["apt-get", "install", "-y", "-q", "chromium"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=environment,
     )
     found = shutil.which("chromium")
     if result.returncode != 0 or not found:
