@@ -345,6 +345,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"accuracy {check['best_accuracy']:.4f} at "
             f"threshold {check['best_threshold']:.2f} ({check['count']} images)"
         )
+        if args.rotations:  # what `galaxy-edge run --rotations` would answer
+            rotated = predict(model, gz2.images[held_out], rotations=True)
+            check["rotations"] = spiral_check(rotated, gz2.spiral[held_out], scheme or "decals")
+            print(f"  with the 8 rotations and flips: ROC-AUC {check['rotations']['roc_auc']:.4f}")
     path = write_report(report, args.out)
     print(f"report in {path}")
     return 0

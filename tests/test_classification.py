@@ -151,6 +151,8 @@ def test_metrics_on_known_probabilities() -> None:
 
 @pytest.mark.slow
 def test_small_training_run_learns_and_cli_reports(tmp_path: Path, run_cli) -> None:
+    from PIL import Image
+
     from simulation.stamps import StampSettings, render_stamps, write_h5
 
     # Two easily told classes (round vs cigar-shaped smooth galaxies), 32 px, a few epochs.
@@ -192,6 +194,15 @@ def test_small_training_run_learns_and_cli_reports(tmp_path: Path, run_cli) -> N
     summary = json.loads((tmp_path / "run" / "classifier.json").read_text())
     assert summary["parameters"] == summary["parameters_estimated"]
     assert summary["best_val_accuracy"] >= 0.7 and "test accuracy" in out  # chance is 0.5
+    # A GZ2-shaped folder (labels.csv, 424x424 images) for the real-data check's code path.
+    gz2 = tmp_path / "gz2"
+    (gz2 / "images").mkdir(parents=True)
+    rows = ["galaxy_id,spiral,top_answer,top_answer_name"]
+    for i in range(24):
+        stamp = images[keep][i]
+        Image.fromarray(stamp).resize((424, 424)).save(gz2 / "images" / f"{i}.jpg")
+        rows.append(f"{i},{i % 2},0,smooth")
+    (gz2 / "labels.csv").write_text("\n".join(rows) + "\n")
     code, out, err = run_cli(
         "evaluate",
         "--classifier",
@@ -200,12 +211,17 @@ def test_small_training_run_learns_and_cli_reports(tmp_path: Path, run_cli) -> N
         "--data",
         data,
         "--rotations",
+        "--gz2",
+        gz2,
         "--out",
         tmp_path / "eval",
     )
     assert code == 0, err
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert report["data"]["accuracy"] >= 0.7 and "gain" in report["data_rotations"]
+    check = report["gz2_spiral_check"]
+    assert 0 <= check["roc_auc"] <= 1 and 0 <= check["rotations"]["roc_auc"] <= 1
+    assert check["count"] < 24  # the held-out half only
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file() and (
         tmp_path / "eval" / "reliability.png"
     ).is_file()
