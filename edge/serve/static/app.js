@@ -94,7 +94,15 @@ function fillBars(list, ranked) {
 
 async function answer(choice) {
   if (!round) return;
-  const result = await api("/api/answer", { token: round.token, answer: choice, mode: mode() });
+  let result;
+  try {
+    result = await api("/api/answer", { token: round.token, answer: choice, mode: mode() });
+  } catch (error) {
+    // A round the server no longer knows (restarted, or answered in another tab): start a new one.
+    await nextRound();
+    $("round-label").textContent = `${error.message}: here is a new galaxy.`;
+    return;
+  }
   round = null;
   document.querySelector(".play").hidden = true;
   $("you").textContent = `You said ${titleOf(choice)}: ${result.player_correct ? "right!" : "not quite."}`;
