@@ -1,7 +1,8 @@
 """The field demo page in a real headless browser: Debian's chromium driven by Playwright.
 
 `galaxy-edge serve` runs as a user starts it (a subprocess, shipped models, bundled deck and
-samples); the test plays a round with the class buttons and one with Galaxy Zoo's questions,
+samples); the test plays a round with the class buttons and one with Galaxy Zoo's questions, answers a
+round the server no longer holds (refused, a new round starts, nothing counted),
 checks the score and the machine's answer, the sky panel and a phone-sized layout, and that
 nothing was written outside the data folder. Set GALAXY_EDGE_SCREENSHOTS=docs to refresh the
 screenshots in docs/. Chromium is installed with apt when missing (CI runs as root); where it
@@ -165,10 +166,24 @@ def test_a_visitor_plays_two_rounds_and_watches_the_sky(chromium: str, server: s
         you, machine = (int(part.split()[-1]) for part in score.split(" · ")[:2])
         assert 0 <= you <= 2 and 0 <= machine <= 2
 
+        # A round the server no longer holds (another tab asked for a new one): refused, a new round starts.
+        page.click("#next")
+        page.check('input[value="buttons"]')
+        page.evaluate("fetch('/api/round', {method: 'POST'})")
+        page.locator("#buttons button").first.click()
+        page.wait_for_function(
+            "() => document.querySelector('#round-label').textContent.includes('new galaxy')"
+        )
+        assert "no such round" in page.locator("#round-label").inner_text()
+        assert page.locator("#score").inner_text().endswith("2 rounds")  # nothing counted
+        problems[:] = [p for p in problems if "409" not in p]  # that refusal was the point
+
         # The sky panel: the slideshow with the detector's boxes.
         page.click("#sky-tab")
         _loaded(page, "#sky-image")
-        page.wait_for_function("document.querySelector('#sky-status').textContent.includes('galaxies found')")
+        page.wait_for_function(
+            "() => document.querySelector('#sky-status').textContent.includes('galaxies found')"
+        )
         _screenshot(page, tmp_path, "serve_sky.jpg")
 
         # A phone: nothing wider than the screen.
