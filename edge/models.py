@@ -18,6 +18,8 @@ from edge.resize import area_shrink
 class TFLiteModel:
     """A .tflite model with its card: one input image tensor, dequantized float outputs."""
 
+    task: str | None = None  # what the card must say (subclasses)
+
     def __init__(
         self,
         path: Path | str,
@@ -35,6 +37,13 @@ class TFLiteModel:
         self.outputs = self.interpreter.get_output_details()
         self.height, self.width = int(self.input["shape"][1]), int(self.input["shape"][2])
         self.input_lut = self._input_lookup_table()
+        if self.task and self.card.task != self.task:
+            raise ModelError(f"{self.path}: model card says task '{self.card.task}', expected {self.task}")
+        self.labels = self.card.labels
+        self._configure()
+
+    def _configure(self) -> None:
+        """Task-specific setup from the card (subclasses)."""
 
     def _input_lookup_table(self) -> np.ndarray:
         """(3, 256) table from an 8-bit pixel value to the model's input value, one row per
@@ -106,17 +115,9 @@ class Classifier(TFLiteModel):
 
     exact_shrink = True
 
-    def __init__(
-        self,
-        path: Path | str,
-        threads: int | None = None,
-        runtime: str | None = None,
-        kernels: str = "default",
-    ) -> None:
-        super().__init__(path, threads, runtime, kernels)
-        if self.card.task != "classifier":
-            raise ModelError(f"{self.path}: model card says task '{self.card.task}', expected classifier")
-        self.labels = self.card.labels
+    task = "classifier"
+
+    def _configure(self) -> None:
         self.outputs_logits = self.card.raw.get("output", "probabilities") == "logits"
 
     def classify(self, crops_bgr: list[np.ndarray], rotations: bool = False) -> np.ndarray:
@@ -207,18 +208,12 @@ class Detector(TFLiteModel):
     """SSD detector with raw box and class heads decoded here (numpy), or the in-graph
     TFLite_Detection_PostProcess variant."""
 
-    def __init__(
-        self,
-        path: Path | str,
-        threads: int | None = None,
-        runtime: str | None = None,
-        kernels: str = "default",
-    ) -> None:
-        super().__init__(path, threads, runtime, kernels)
-        if self.card.task != "detector" or self.card.decoding is None:
-            raise ModelError(f"{self.path}: model card says task '{self.card.task}', expected detector")
+    task = "detector"
+
+    def _configure(self) -> None:
+        if self.card.decoding is None:
+            raise ModelError(f"{self.card.path}: a detector's card needs its decoding parameters")
         self.decoding = self.card.decoding
-        self.labels = self.card.labels
         self.score_threshold = self.decoding.score_threshold
         self.iou_threshold = self.decoding.iou_threshold
         self.containment = self.decoding.containment
