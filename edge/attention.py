@@ -35,7 +35,7 @@ def occlusion_map(
     `patch_fraction` of the side, hides each of `steps` x `steps` positions; averaged per pixel
     over the patches covering it and scaled to [0, 1]."""
     height, width = classifier.height, classifier.width
-    image = cv2.resize(image_bgr, (width, height), interpolation=cv2.INTER_AREA)
+    image = classifier.resize_to_input(image_bgr)  # the pixels the chain would classify
     probabilities = classifier.classify([image])[0]
     if class_index is None:
         class_index = int(np.argmax(probabilities))

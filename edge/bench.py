@@ -326,7 +326,7 @@ def run_benchmark(
     yardsticks: dict[str, Path] = {}
     ssd = ssd_yardstick() if use_ssd_yardstick else None
     if ssd:
-        yardsticks["ssd_mobilenet_v2_300"] = ssd
+        yardsticks[SSD] = ssd
     else:
         result["notes"].append(
             f"SSD MobileNet V2 300 yardstick skipped: {YARDSTICK_CACHE / SSD_YARDSTICK} not built "
@@ -338,10 +338,10 @@ def run_benchmark(
         else:
             result["notes"].append(f"{name} skipped: {REFERENCE_MODELS / file} not present")
     # Which yardstick each role is compared with.
-    reference_of = {"detector": "ssd_mobilenet_v2_300", "classifier": "coral_mobilenet_v2_1.0_224"}
+    reference_of = {"detector": SSD, "classifier": "coral_mobilenet_v2_1.0_224"}
     for role in models:
         if role.startswith("detector"):
-            reference_of.setdefault(role, "ssd_mobilenet_v2_300")
+            reference_of.setdefault(role, SSD)
         elif role.startswith("classifier"):
             reference_of.setdefault(role, "coral_mobilenet_v2_1.0_224")
     for thread_count in threads:
@@ -382,10 +382,9 @@ def run_benchmark(
                     tiles_per_frame=per_frame,
                 )
                 entry["frames_kind"] = kind
-                ssd_key = "ssd_mobilenet_v2_300"
-                if ssd_key in result["models"]:
-                    entry["yardstick"] = ssd_key
-                    entry["ratio_to_yardstick"] = entry["p50_ms"] / result["models"][ssd_key]["p50_ms"]
+                if SSD in result["models"]:
+                    entry["yardstick"] = SSD
+                    entry["ratio_to_yardstick"] = entry["p50_ms"] / result["models"][SSD]["p50_ms"]
                 result["chain"][key] = entry
     return result
 

@@ -195,7 +195,7 @@ def _register_bench(verbs: argparse._SubParsersAction, formatter: type[argparse.
         "--deck",
         type=Path,
         default=MODELS_DIR.parent / "samples" / "deck",
-        help="game images: one folder per class; the first image of each is its button picture",
+        help="game images: one folder per class; its example.jpg (or first image) is the button picture",
     )
     serve.add_argument("--data", type=Path, default=Path("out/serve"), help="where rounds.csv is written")
     serve.add_argument("--detector", type=Path, default=DEFAULT_DETECTOR, help="detector .tflite")

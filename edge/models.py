@@ -62,19 +62,23 @@ class TFLiteModel:
     # OpenCV's INTER_AREA; worth it for small crops, too slow for whole camera frames.
     exact_shrink = False
 
+    def resize_to_input(self, image_bgr: np.ndarray) -> np.ndarray:
+        """The image at the model's input size, resized as the runtime always resizes."""
+        if image_bgr.shape[:2] == (self.height, self.width):
+            return image_bgr
+        shrinking = image_bgr.shape[0] >= self.height and image_bgr.shape[1] >= self.width
+        if shrinking and self.exact_shrink:
+            return area_shrink(image_bgr, self.width, self.height)
+        # INTER_LINEAR on 8-bit images is fixed-point: the same pixels on every build.
+        return cv2.resize(
+            image_bgr,
+            (self.width, self.height),
+            interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
+        )
+
     def preprocess(self, image_bgr: np.ndarray) -> np.ndarray:
         """(1, H, W, 3) input tensor from an 8-bit BGR image of any size."""
-        if image_bgr.shape[:2] != (self.height, self.width):
-            shrinking = image_bgr.shape[0] >= self.height and image_bgr.shape[1] >= self.width
-            if shrinking and self.exact_shrink:
-                image_bgr = area_shrink(image_bgr, self.width, self.height)
-            else:
-                # INTER_LINEAR on 8-bit images is fixed-point: the same pixels on every build.
-                image_bgr = cv2.resize(
-                    image_bgr,
-                    (self.width, self.height),
-                    interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
-                )
+        image_bgr = self.resize_to_input(image_bgr)
         # Model channel m reads frame channel source[m] (frames are BGR, as OpenCV gives them).
         source = (2, 1, 0) if self.card.color_order.upper() == "RGB" else (0, 1, 2)
         tensor = np.empty((1, self.height, self.width, 3), self.input_lut.dtype)

@@ -17,7 +17,7 @@ from PIL import Image
 from edge.attention import occlusion_map
 from edge.chain import Chain, ChainSettings
 from edge.models import Classifier, Detector
-from edge.serve.app import MAX_UPLOAD_BYTES, create_app
+from edge.serve.app import MAX_UPLOAD_BYTES, create_app, decode_upload
 from edge.serve.game import DECISION_TREES, load_deck, tree_for, tree_leaves
 from edge.serve.sky import SkyFeed
 from galaxy_edge.errors import GalaxyEdgeError
@@ -248,3 +248,10 @@ def test_sky_panel_survives_a_failing_frame(classifier: Classifier, tmp_path: Pa
         assert sky.error is None  # cleared by the next good frame
     finally:
         sky.stop()
+
+
+def test_big_uploads_are_shrunk_once_after_decoding() -> None:
+    photo = io.BytesIO()
+    Image.new("RGB", (3000, 2000), (40, 60, 80)).save(photo, format="PNG")
+    image = decode_upload(photo.getvalue())
+    assert image.shape == (341, 512, 3) and image[0, 0].tolist() == [80, 60, 40]  # BGR

@@ -30,6 +30,7 @@ from edge.serve.sky import SkyFeed
 MAX_UPLOAD_BYTES = 4 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 4096 * 4096
 UPLOAD_FORMATS = ("JPEG", "PNG")
+UPLOAD_WORKING_SIDE = 512  # pixels: an upload's longest side after decoding
 TOP_K = 5
 
 
@@ -83,7 +84,14 @@ def decode_upload(data: bytes) -> np.ndarray:
         raise UploadError(f"image too large (at most {MAX_UPLOAD_PIXELS} pixels)") from None
     except (UnidentifiedImageError, OSError) as error:
         raise UploadError(f"not a readable image ({type(error).__name__})") from None
-    return np.ascontiguousarray(rgb[..., ::-1])
+    bgr = np.ascontiguousarray(rgb[..., ::-1])
+    # A phone photo is megapixels; the classifier sees 69x69. Shrink big uploads once here, with
+    # OpenCV, before the exact (slower, memory-hungry) crop shrinking of the runtime.
+    side = max(bgr.shape[:2])
+    if side > UPLOAD_WORKING_SIDE:
+        scale = UPLOAD_WORKING_SIDE / side
+        bgr = cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    return bgr
 
 
 def _ranked(labels: list[str], titles: list[str], probabilities: np.ndarray) -> list[dict]:
