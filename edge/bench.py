@@ -123,9 +123,11 @@ def model_facts(interpreter) -> dict:
     return {"parameters": parameters, "macs": macs}
 
 
-def bench_model(path: Path, threads: int, seconds: float, warmup: int = 10, min_runs: int = 30) -> dict:
+def bench_model(
+    path: Path, threads: int, seconds: float, warmup: int = 10, min_runs: int = 30, kernels: str = "default"
+) -> dict:
     """Invoke latency of one .tflite on random input, with its size, parameters and MACs."""
-    interpreter = load_interpreter(path, threads)
+    interpreter = load_interpreter(path, threads, kernels=kernels)
     detail = interpreter.get_input_details()[0]
     rng = np.random.default_rng(0)
     if np.issubdtype(detail["dtype"], np.integer):
@@ -251,6 +253,7 @@ def bench_chain(
     seconds: float,
     camera_fps: float = 30.0,
     tiles_per_frame: int | None = None,
+    kernels: str = "default",
 ) -> dict:
     """The chain on a camera that delivers `frames` at camera_fps: per-stage latency, frames
     per second, frame age, dropped frames; and the back-to-back rate (`max_fps`)."""
@@ -260,7 +263,11 @@ def bench_chain(
 
     def make_chain() -> Chain:
         settings = ChainSettings(tiles_per_frame=tiles_per_frame)
-        return Chain(Detector(detector_path, threads), Classifier(classifier_path, threads), settings)
+        return Chain(
+            Detector(detector_path, threads, kernels=kernels),
+            Classifier(classifier_path, threads, kernels=kernels),
+            settings,
+        )
 
     chain = make_chain()
     for image in frames:  # warm-up: first invokes allocate and pack weights
@@ -317,11 +324,13 @@ def run_benchmark(
     use_ssd_yardstick: bool = True,
     progress: Callable[[str], None] = lambda _: None,
     tiles_per_frame: int = 4,
+    kernels: str = "default",
 ) -> dict:
     """The whole benchmark as one JSON-ready dict (the shape the README documents); raw
     invoke samples per model are under "samples_ms" of each model entry (dropped from JSON)."""
     result: dict = {"environment": environment(), "models": {}, "chain": {}, "notes": []}
     result["environment"]["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    result["environment"]["kernels"] = kernels
     models = {"detector": detector, "classifier": classifier, **(extra_models or {})}
     yardsticks: dict[str, Path] = {}
     ssd = ssd_yardstick() if use_ssd_yardstick else None
@@ -352,7 +361,10 @@ def run_benchmark(
                 continue
             progress(f"{role} at {thread_count} thread(s)")
             key = role if thread_count == threads[0] else f"{role}@{thread_count}t"
-            result["models"][key] = {"role": role, **bench_model(Path(path), thread_count, seconds)}
+            result["models"][key] = {
+                "role": role,
+                **bench_model(Path(path), thread_count, seconds, kernels=kernels),
+            }
     for key, entry in result["models"].items():
         reference = reference_of.get(entry["role"])
         suffix = key[len(entry["role"]) :]
@@ -380,6 +392,7 @@ def run_benchmark(
                     chain_threads or threads[0],
                     seconds,
                     tiles_per_frame=per_frame,
+                    kernels=kernels,
                 )
                 entry["frames_kind"] = kind
                 if SSD in result["models"]:

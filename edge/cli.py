@@ -37,7 +37,7 @@ def _runtime_options(parser: argparse.ArgumentParser) -> None:
         choices=("default", "builtin"),
         default="default",
         help="builtin: TFLite's own kernels, without XNNPACK: the same int8 results as tflite-runtime "
-        "2.14 on a Raspberry Pi, bit for bit, but 3-4x slower on x86",
+        "2.14 on a Raspberry Pi, bit for bit, but several times slower on x86 (see `bench --kernels`)",
     )
 
 
@@ -150,6 +150,12 @@ def _register_bench(verbs: argparse._SubParsersAction, formatter: type[argparse.
     bench.add_argument(
         "--tiles-per-frame", type=int, default=4, help="the live chain's rolling tiles (also run: all tiles)"
     )
+    bench.add_argument(
+        "--kernels",
+        choices=("default", "builtin"),
+        default="default",
+        help="builtin: TFLite's own kernels (what tflite-runtime 2.14 runs int8 with) instead of XNNPACK",
+    )
     bench.add_argument("--no-float", action="store_true", help="skip the float32 models beside the int8 ones")
     bench.add_argument(
         "--arm-icount",
@@ -246,6 +252,7 @@ def run_bench(args: argparse.Namespace) -> int:
             sim_frames=args.sim_frames,
             progress=progress,
             tiles_per_frame=args.tiles_per_frame,
+            kernels=args.kernels,
         )
     if args.arm_icount or args.arm_icount_only:
         from edge.bench import ICOUNT_FRAME, arm_instruction_counts

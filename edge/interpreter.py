@@ -7,7 +7,7 @@ Edge TPU delegate from libedgetpu.
 Kernels: "default" is the runtime's own choice (ai-edge-litert runs int8 models through XNNPACK);
 "builtin" asks for TFLite's built-in kernels without default delegates, which are what
 tflite-runtime 2.14 runs int8 models with on a Raspberry Pi: bit-identical results across the two,
-3-4 times slower on x86 (measured: README, "Deploy on a Raspberry Pi").
+several times slower on x86 (`galaxy-edge bench --kernels builtin`; README, "Deploy on a Raspberry Pi").
 """
 
 from __future__ import annotations
