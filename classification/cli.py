@@ -94,9 +94,10 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     )
     train.add_argument(
         "--strategy",
-        choices=("default", "mirrored"),
+        choices=("default", "mirrored", "multiworker"),
         default="default",
-        help="tf.distribute: mirrored replicates over every local device (GPUs)",
+        help="tf.distribute: mirrored replicates over every local device (GPUs); multiworker trains "
+        "on every machine TF_CONFIG names (run the same command on each)",
     )
     train.add_argument("--out", type=Path, required=True)
     train.set_defaults(handler=run_train)
@@ -195,9 +196,11 @@ def run_train(args: argparse.Namespace) -> int:
         return detection_cli.run_train(args)
     from classification.evaluate import classification_metrics, predict
     from classification.model import CNNConfig
-    from classification.train import TrainSettings, train_classifier
+    from classification.train import TrainSettings, distribution_strategy, output_folder, train_classifier
     from galaxy_edge.errors import GalaxyEdgeError
 
+    # A multi-worker strategy must exist before TensorFlow runs anything else in this process.
+    strategy = distribution_strategy(args.strategy)
     dataset, train, validation, test = _split(args)
     config = CNNConfig(input_size=args.size, num_classes=len(dataset.counts()))
     if args.config:
@@ -210,7 +213,8 @@ def run_train(args: argparse.Namespace) -> int:
 
         if not args.initial.is_file():
             raise GalaxyEdgeError(f"{args.initial}: no such model")
-        initial = keras.models.load_model(args.initial)
+        with strategy.scope():
+            initial = keras.models.load_model(args.initial)
     settings = TrainSettings(
         epochs=args.epochs or 30,
         batch_size=args.batch_size or 64,
@@ -222,7 +226,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
     model = train_classifier(train, validation, config, settings, args.out, initial, _weak_set(args, dataset))
     metrics = classification_metrics(predict(model, test.images), test.labels, dataset.scheme)
-    summary_path = args.out / "classifier.json"
+    summary_path = output_folder(args.out, args.strategy) / "classifier.json"
     summary = json.loads(summary_path.read_text())
     summary["test"] = {
         "accuracy": metrics["accuracy"],
@@ -232,7 +236,7 @@ def run_train(args: argparse.Namespace) -> int:
     summary_path.write_text(json.dumps(summary, indent=1))
     print(
         f"test accuracy {metrics['accuracy']:.4f} on {metrics['count']} held-out images; "
-        f"model {args.out / 'classifier.keras'}"
+        f"model {summary_path.with_suffix('.keras')}"
     )
     return 0
 

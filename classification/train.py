@@ -3,6 +3,7 @@ rebalancing, early stopping and learning-rate reduction, fixed seeds, best model
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ class TrainSettings:
     augment: bool = True
     patience: int = 6
     verbose: int = 2
-    strategy: str = "default"  # default | mirrored (all local devices)
+    strategy: str = "default"  # default | mirrored (all local devices) | multiworker (TF_CONFIG)
     weak_weight: float = 1.0  # loss weight of a weakly labelled image relative to a labelled one
     weak_repeat: int = 4  # weakly labelled images are few: each is seen this many times per epoch
 
@@ -134,25 +135,30 @@ def training_datasets(train: ImageSet, validation: ImageSet, num_classes: int, s
     return train_data, validation_data, weights
 
 
+@functools.cache  # one strategy per process: a multi-worker one joins its cluster once
 def distribution_strategy(name: str):
-    """tf.distribute strategy by name: "mirrored" replicates over every local device (GPUs).
-
-    Multi-worker training (MultiWorkerMirroredStrategy) is not offered: with Keras 3.15 and
-    TensorFlow 2.21 even a plain Model.fit under it fails ("Attempt to convert a value
-    (PerReplica...)"), reproduced here with two workers on 127.0.0.1.
-    """
+    """tf.distribute strategy by name: "mirrored" replicates over every local device (GPUs);
+    "multiworker" spans the machines TF_CONFIG names (trained by classification.multiworker's
+    loop: Keras 3's Model.fit does not run under that strategy)."""
     import tensorflow as tf
 
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        from classification.multiworker import worker_identity
+
+        worker_identity()  # a clear error without TF_CONFIG, before TensorFlow waits for peers
+        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
 def weak_datasets(
-    train: ImageSet, validation: ImageSet, weak: WeakSet, num_classes: int, settings: TrainSettings
+    train: ImageSet, validation: ImageSet, weak: WeakSet | None, num_classes: int, settings: TrainSettings
 ):
     """Training data of labelled and weakly labelled images as allowed-class masks (one-hot
     for the labelled ones), and the validation data (labelled only) likewise."""
+    if weak is None:
+        weak = WeakSet(train.images[:0], np.zeros((0, num_classes), np.float32), "")
     weights = class_weights(train.labels, num_classes, settings.class_weight_power)
     eye = np.eye(num_classes, dtype=np.float32)
     repeat = max(1, settings.weak_repeat)
@@ -165,10 +171,27 @@ def weak_datasets(
         [labelled_weights, np.full(len(weak.images) * repeat, settings.weak_weight, np.float32)]
     )
     train_data = make_dataset(
-        images, masks, settings.batch_size, settings.seed, settings.augment, sample_weights=sample_weights
+        images,
+        masks,
+        settings.batch_size,
+        settings.seed,
+        settings.augment,
+        whole_batches=settings.strategy != "default",
+        sample_weights=sample_weights,
     )
     validation_data = make_dataset(validation.images, eye[validation.labels], 256, settings.seed, False)
     return train_data, validation_data, weights
+
+
+def output_folder(out: Path | str, strategy: str) -> Path:
+    """Where this process writes classifier.keras and classifier.json: OUT, or for a non-chief
+    worker of a multi-worker run OUT/worker_<i>."""
+    out = Path(out)
+    if strategy != "multiworker":
+        return out
+    from classification.multiworker import model_path_for, worker_identity
+
+    return model_path_for(out, worker_identity()[0]).parent
 
 
 def train_classifier(
@@ -187,12 +210,24 @@ def train_classifier(
     allowed-set cross-entropy."""
     import keras
 
+    strategy = distribution_strategy(settings.strategy)  # first: multi-worker needs a fresh runtime
     keras.utils.set_random_seed(settings.seed)
-    strategy = distribution_strategy(settings.strategy)
-    out = Path(out)
+    out = output_folder(out, settings.strategy)
     out.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
         model = initial_model or build_cnn(config)
+    best = out / "classifier.keras"
+    if settings.strategy == "multiworker":
+        from classification.multiworker import fit_multiworker
+
+        train_data, validation_data, weights = weak_datasets(
+            train, validation, weak, config.num_classes, settings
+        )
+        started = time.perf_counter()
+        history = fit_multiworker(
+            strategy, model, train_data, validation_data, config.learning_rate, settings, best
+        )
+        return _finish(model, train, validation, config, settings, weak, weights, history, started, best)
     if weak is not None:
         train_data, validation_data, weights = weak_datasets(
             train, validation, weak, config.num_classes, settings
@@ -206,7 +241,6 @@ def train_classifier(
         train_data, validation_data, weights = training_datasets(
             train, validation, config.num_classes, settings
         )
-    best = out / "classifier.keras"
     callbacks = [
         keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", save_best_only=True),
         keras.callbacks.EarlyStopping(
@@ -223,7 +257,14 @@ def train_classifier(
         epochs=settings.epochs,
         callbacks=callbacks,
         verbose=settings.verbose,
-    )
+    ).history
+    return _finish(model, train, validation, config, settings, weak, weights, history, started, best)
+
+
+def _finish(model, train, validation, config, settings, weak, weights, history, started, best: Path):
+    """Write classifier.json beside the best model and return that model, compiled."""
+    import keras
+
     elapsed = time.perf_counter() - started
     summary = {
         "config": config.to_dict(),
@@ -244,11 +285,11 @@ def train_classifier(
                 "allowed_per_class": weak.allowed.sum(0).tolist(),
             },
         },
-        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+        "history": {k: [float(v) for v in values] for k, values in history.items()},
         "training_seconds": round(elapsed, 1),
-        "best_val_accuracy": float(max(history.history.get("val_accuracy", [0.0]))),
+        "best_val_accuracy": float(max(history.get("val_accuracy", [0.0]))),
     }
-    (out / "classifier.json").write_text(json.dumps(summary, indent=1))
+    (best.parent / "classifier.json").write_text(json.dumps(summary, indent=1))
     if not best.exists():
         return model
     trained = keras.models.load_model(best, compile=False)

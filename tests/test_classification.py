@@ -283,6 +283,73 @@ def test_mirrored_strategy_trains_and_saves(tmp_path: Path) -> None:
     assert (tmp_path / "classifier.keras").is_file() and model.count_params() == count_parameters(config)
 
 
+def test_multiworker_without_tf_config_is_a_clear_error(monkeypatch) -> None:
+    from classification.multiworker import worker_identity
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(GalaxyEdgeError, match="needs TF_CONFIG on every worker"):
+        worker_identity()
+    monkeypatch.setenv("TF_CONFIG", '{"task": {"index": 0}}')
+    with pytest.raises(GalaxyEdgeError, match="not a worker cluster"):
+        worker_identity()
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_two_local_workers_train_in_step(tmp_path: Path, python: str) -> None:
+    """`train --strategy multiworker` on two workers at 127.0.0.1: both finish, the chief and the
+    other worker write separate files, and their weights are identical (gradients and batch
+    normalization statistics were all-reduced; each worker saw half of every batch)."""
+    import os
+    import subprocess
+
+    import keras
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(96) % 10
+    images = rng.integers(0, 60, (96, 24, 24, 3), dtype=np.uint8)
+    images[:, 8:16, 8:16, labels % 3] = 250  # something to learn
+    data = _write_h5(tmp_path / "tiny.h5", images, labels)
+    (tmp_path / "config.json").write_text(
+        json.dumps({"config": {"filters": [8], "kernel_sizes": [3], "dense_units": 0, "learning_rate": 0.01}})
+    )
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    out = tmp_path / "run"
+    command = [python, "-m", "galaxy_edge", "train", "--classifier", "--data", str(data), "--size", "24"]
+    command += ["--scheme", "decals"]
+    command += ["--config", str(tmp_path / "config.json"), "--epochs", "2", "--batch-size", "16"]
+    command += ["--no-augment", "--strategy", "multiworker", "--out", str(out)]
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config), "CUDA_VISIBLE_DEVICES": ""}
+        processes.append(
+            subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )
+    logs = [p.communicate(timeout=600)[0] for p in processes]
+    for process, log in zip(processes, logs, strict=True):
+        assert process.returncode == 0, log[-3000:]
+    chief, other = out / "classifier.keras", out / "worker_1" / "classifier.keras"
+    assert chief.is_file() and other.is_file()
+    first, second = keras.models.load_model(chief), keras.models.load_model(other)
+    for a, b in zip(first.weights, second.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    histories = [json.loads((p.parent / "classifier.json").read_text())["history"] for p in (chief, other)]
+    assert histories[0]["val_accuracy"] == histories[1]["val_accuracy"]
+    assert len(histories[0]["loss"]) == 2
+
+
 def test_ensemble_weights_prefer_the_better_model() -> None:
     from classification.compare import ensemble, fit_ensemble_weights
 
