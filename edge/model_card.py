@@ -15,6 +15,7 @@ runtime uses are:
         "score_activation": "sigmoid",
         "score_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 200,
         "containment": 0.8,                           # optional: drop boxes nested in a better one
+        "box_voting": true,                           # optional: kept boxes = score-weighted means
         "outputs": {"boxes": 0, "scores": 1}          # output tensor order
       },
       "quantization": {"step": 0.0039}                # output score quantization step, for parity checks
@@ -46,6 +47,7 @@ class Decoding:
     max_detections: int = 200
     outputs: dict[str, int] = field(default_factory=lambda: {"boxes": 0, "scores": 1})
     containment: float | None = None  # drop boxes nested this much in a better one (None: off)
+    box_voting: bool = False  # each kept box becomes the score-weighted mean of its cluster
 
 
 @dataclass
@@ -98,6 +100,7 @@ def read_model_card(model_path: Path | str) -> ModelCard:
                 max_detections=int(spec.get("max_detections", 200)),
                 outputs=dict(spec.get("outputs", {"boxes": 0, "scores": 1})),
                 containment=spec.get("containment"),
+                box_voting=bool(spec.get("box_voting", False)),
             )
             if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
                 raise KeyError("decoding.anchors_center_yxhw")

@@ -187,14 +187,35 @@ def _contained(detections: Detections, containment: float) -> Detections:
     return detections.select(np.flatnonzero(keep))
 
 
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) IoU of x1, y1, x2, y2 boxes."""
+    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = ix * iy
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def _voted_boxes(kept: np.ndarray, boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    # Box voting (Gidaris and Komodakis 2015; YOLOv5's merge NMS): OpenCV's NMS keeps one
+    # anchor's box, so which anchor wins a near tie, and with it the box, can flip with one
+    # quantization step of a score (x86 and Pi kernels differ by that). The weighted mean of
+    # the whole cluster barely moves, and it localizes better than any one anchor.
+    weights = np.where(box_iou(boxes[kept], boxes) >= iou_threshold, scores[None, :], 0.0)
+    return (weights @ boxes) / weights.sum(axis=1, keepdims=True)
+
+
 def non_max_suppression(
-    detections: Detections, iou_threshold: float, containment: float | None = None
+    detections: Detections, iou_threshold: float, containment: float | None = None, voting: bool = False
 ) -> Detections:
-    """Per-class NMS with OpenCV (no top_k: it would cap candidates before suppression), then,
-    with `containment`, boxes nested in a better one removed."""
+    """Per-class NMS with OpenCV (no top_k: it would cap candidates before suppression); with
+    `voting`, each kept box becomes the score-weighted mean of the boxes it suppressed and
+    itself; then, with `containment`, boxes nested in a better one removed."""
     if len(detections) == 0:
         return detections
     keep_all = []
+    boxes_all = detections.boxes.copy() if voting else detections.boxes
     for class_id in np.unique(detections.class_ids):
         members = np.flatnonzero(detections.class_ids == class_id)
         boxes = detections.boxes[members]
@@ -202,9 +223,13 @@ def non_max_suppression(
             [boxes[:, 0], boxes[:, 1], boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]]
         )
         keep = cv2.dnn.NMSBoxes(xywh.tolist(), detections.scores[members].tolist(), 0.0, iou_threshold)
-        keep_all.extend(members[np.asarray(keep, dtype=np.int64).reshape(-1)])
+        keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+        if voting and len(keep):
+            scores = detections.scores[members]
+            boxes_all[members[keep]] = _voted_boxes(keep, boxes, scores, iou_threshold)
+        keep_all.extend(members[keep])
     keep_all = np.array(sorted(keep_all, key=lambda i: -detections.scores[i]), dtype=np.int64)
-    kept = detections.select(keep_all)
+    kept = Detections(boxes_all, detections.scores, detections.class_ids).select(keep_all)
     return _contained(kept, containment) if containment else kept
 
 
@@ -273,7 +298,9 @@ class Detector(TFLiteModel):
         class_ids = probabilities.argmax(axis=1)
         best = probabilities[np.arange(len(candidates)), class_ids]
         detections = Detections(boxes.astype(np.float32), best.astype(np.float32), class_ids.astype(np.int32))
-        detections = non_max_suppression(detections, self.iou_threshold, self.containment)
+        detections = non_max_suppression(
+            detections, self.iou_threshold, self.containment, self.decoding.box_voting
+        )
         return detections.select(np.arange(min(len(detections), self.decoding.max_detections)))
 
     def _decode_postprocessed(self, outputs: list[np.ndarray]) -> Detections:

@@ -111,6 +111,7 @@ def write_detector_card(
             "score_threshold": score_threshold,
             "iou_threshold": 0.5,
             "containment": 0.8,
+            "box_voting": True,
             "max_detections": 200,
             "outputs": order,
         },

@@ -74,6 +74,30 @@ def test_nms_keeps_the_best_of_overlapping_boxes() -> None:
     assert kept.scores.tolist() == pytest.approx([0.9, 0.8])
 
 
+def test_box_voting_gives_the_score_weighted_mean_of_the_cluster() -> None:
+    detections = Detections(
+        np.array([[0, 0, 10, 10], [2, 0, 12, 10], [50, 50, 60, 60]], np.float32),
+        np.array([0.75, 0.25, 0.8], np.float32),
+        np.array([0, 0, 0], np.int32),
+    )
+    plain = non_max_suppression(detections, 0.5)
+    voted = non_max_suppression(detections, 0.5, voting=True)
+    assert voted.scores.tolist() == pytest.approx(plain.scores.tolist())
+    np.testing.assert_allclose(voted.boxes, [[50, 50, 60, 60], [0.5, 0, 10.5, 10]], atol=1e-5)
+
+
+def test_box_voting_is_stable_when_a_near_tie_flips() -> None:
+    """One quantization step of a score decides which anchor NMS keeps; voting makes the
+    kept box nearly the same either way (the x86 and Pi kernels differ by such a step)."""
+    boxes = np.array([[0, 0, 10, 10], [3, 0, 13, 10], [1, 1, 11, 11]], np.float32)
+    first = Detections(boxes, np.array([0.50, 0.49, 0.3], np.float32), np.zeros(3, np.int32))
+    second = Detections(boxes, np.array([0.49, 0.50, 0.3], np.float32), np.zeros(3, np.int32))
+    plain = [non_max_suppression(d, 0.5).boxes[0] for d in (first, second)]
+    voted = [non_max_suppression(d, 0.5, voting=True).boxes[0] for d in (first, second)]
+    assert np.abs(plain[0] - plain[1]).max() == pytest.approx(3.0)
+    assert np.abs(voted[0] - voted[1]).max() < 0.1
+
+
 def test_missing_card_and_wrong_task_are_clear_errors(tiny_models, tmp_path: Path) -> None:
     lonely = tmp_path / "lonely.tflite"
     shutil.copy(tiny_models["detector"], lonely)
