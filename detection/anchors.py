@@ -52,20 +52,26 @@ class AnchorSpec:
         )
 
 
-def anchors_center_yxhw(spec: AnchorSpec) -> np.ndarray:
-    """(N, 4) anchors as cy, cx, h, w in [0, 1] of the input, in the model's output order."""
+def anchors_center_yxhw(spec: AnchorSpec, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """(N, 4) anchors as cy, cx, h, w in [0, 1] of the input, in the model's output order.
+
+    shape: (height, width) of a whole-frame input (the fully convolutional model exported at
+    a camera's frame size); the feature maps are then ceil(side / stride) cells each way, as
+    'same' padding gives, with anchors of the same pixel sizes."""
+    height, width = shape if shape is not None else (spec.input_size, spec.input_size)
     rows = []
     for level, stride in enumerate(spec.strides):
-        grid = spec.grid(level)
-        centres = (np.arange(grid) + 0.5) * stride / spec.input_size
-        cy, cx = np.meshgrid(centres, centres, indexing="ij")
+        rows_count, columns_count = int(np.ceil(height / stride)), int(np.ceil(width / stride))
+        cy, cx = np.meshgrid(
+            (np.arange(rows_count) + 0.5) * stride / height,
+            (np.arange(columns_count) + 0.5) * stride / width,
+            indexing="ij",
+        )
         kinds = []
         for size in spec.sizes[level]:
             for ratio in spec.aspect_ratios:
-                h = size * np.sqrt(ratio) / spec.input_size
-                w = size / np.sqrt(ratio) / spec.input_size
-                kinds.append((h, w))
-        level_anchors = np.zeros((grid, grid, len(kinds), 4), np.float32)
+                kinds.append((size * np.sqrt(ratio) / height, size / np.sqrt(ratio) / width))
+        level_anchors = np.zeros((rows_count, columns_count, len(kinds), 4), np.float32)
         level_anchors[..., 0] = cy[..., None]
         level_anchors[..., 1] = cx[..., None]
         for k, (h, w) in enumerate(kinds):

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from galaxy_edge.argtypes import width_height
+
 
 def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
     export = verbs.add_parser(
@@ -25,6 +27,12 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "calibration images for int8 and the parity check",
     )
     export.add_argument("--scheme", choices=("decals", "sdss"))
+    export.add_argument(
+        "--calibration-data",
+        type=Path,
+        help="int8 calibration images from the training data (same kinds as --data; default: --data), "
+        "so that --data can be held out for the parity check",
+    )
     export.add_argument("--calibration-count", type=int, default=300, help="representative images for int8")
     export.add_argument(
         "--parity-count",
@@ -36,6 +44,12 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "--score-threshold", type=float, default=0.35, help="detector: default score threshold in the card"
     )
     export.add_argument(
+        "--frame-size",
+        type=width_height,
+        help="detector: export for whole camera frames of WxH (one invoke at native scale instead of "
+        "overlapping tiles), e.g. 1280x720",
+    )
+    export.add_argument(
         "--postprocess",
         action="store_true",
         help="detector: int8 with the TFLite_Detection_PostProcess op in the graph (float outputs: boxes, "
@@ -45,6 +59,10 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "--out", type=Path, required=True, help="the .tflite to write (card and report beside it)"
     )
     export.set_defaults(handler=run_export)
+
+
+def calibration_source(args: argparse.Namespace) -> Path:
+    return args.calibration_data or args.data
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -63,15 +81,22 @@ def run_export(args: argparse.Namespace) -> int:
 
     if not args.model.is_file():
         raise GalaxyEdgeError(f"{args.model}: no such model")
+    if args.frame_size:
+        raise GalaxyEdgeError("--frame-size is for detectors (a classifier sees one crop)")
     model = keras.models.load_model(args.model)
     size = int(model.input_shape[1])
     data = load_dataset(args.data, size, args.scheme)
+    calibration = (
+        data
+        if calibration_source(args) == args.data
+        else load_dataset(args.calibration_data, size, args.scheme)
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(convert(model, args.to, data.images, args.calibration_count))
+    args.out.write_bytes(convert(model, args.to, calibration.images, args.calibration_count))
     summary_path = args.model.with_suffix(".json")
     training = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     training.pop("history", None)
-    extra = {"calibration": {"count": args.calibration_count, "source": str(args.data)}}
+    extra = {"calibration": {"count": args.calibration_count, "source": str(calibration_source(args))}}
     # The runtime that the parity check drives reads the card, so it is written first, then
     # again with the measured metrics.
     write_classifier_card(args.out, data.scheme, training=training, extra=extra)
@@ -116,15 +141,24 @@ def run_export_detector(args: argparse.Namespace) -> int:
     from galaxy_edge.errors import GalaxyEdgeError
 
     summary = detector_summary(args.model)
+    frame_size = args.frame_size[::-1] if args.frame_size else None  # (height, width)
     if args.postprocess:
         if args.to != "int8":
             raise GalaxyEdgeError("--postprocess goes with --to int8")
+        if args.frame_size:
+            raise GalaxyEdgeError("--postprocess exports the tile-sized detector; leave out --frame-size")
         export_postprocess_variant(
-            args.model, args.out, args.data, args.calibration_count, args.score_threshold
+            args.model, args.out, calibration_source(args), args.calibration_count, args.score_threshold
         )
     else:
         export_detector(
-            args.model, args.out, args.to, args.data, args.calibration_count, args.score_threshold
+            args.model,
+            args.out,
+            args.to,
+            calibration_source(args),
+            args.calibration_count,
+            args.score_threshold,
+            frame_size,
         )
     pairs = usable_pairs(args.data)[: args.parity_count]
     labels = summary["config"]["labels"]
@@ -133,7 +167,12 @@ def run_export_detector(args: argparse.Namespace) -> int:
         compared = {args.to: args.out}
         if args.to != "float32":
             compared["float32"] = Path(workdir) / "float32.tflite"
-            export_detector(args.model, compared["float32"], "float32")
+            export_detector(
+                args.model,
+                compared["float32"],
+                "float32",
+                frame_size=frame_size,
+            )
         for name, path in compared.items():
             detector = Detector(path)
             detector.score_threshold = MAP_SCORE_THRESHOLD
@@ -157,7 +196,8 @@ def run_export_detector(args: argparse.Namespace) -> int:
             summary,
             args.score_threshold,
             metrics=metrics,
-            extra={"calibration": {"count": args.calibration_count, "source": str(args.data)}},
+            extra={"calibration": {"count": args.calibration_count, "source": str(calibration_source(args))}},
+            frame_size=frame_size,
         )
     report_json, report_md = write_report(
         {"model": str(args.out), "parity": parity, "edgetpu": readiness},

@@ -35,8 +35,11 @@ def is_detector(model_path: Path) -> bool:
         return False
 
 
-def calibration_tiles(frames_dir: Path, size: int, count: int, seed: int = 0) -> np.ndarray:
-    """Representative detector inputs: random native-scale crops of the training frames (RGB)."""
+def calibration_tiles(
+    frames_dir: Path, size: int, count: int, seed: int = 0, frame_size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Representative detector inputs: random native-scale crops of the training frames (RGB),
+    or with frame_size (height, width) whole frames brought to that size."""
     import cv2
 
     from galaxy_edge.files import IMAGE_SUFFIXES
@@ -51,7 +54,11 @@ def calibration_tiles(frames_dir: Path, size: int, count: int, seed: int = 0) ->
         if image is None:
             raise GalaxyEdgeError(f"{paths[index]}: cannot read the image")
         height, width = image.shape[:2]
-        if max(height, width) <= 1.5 * size:
+        if frame_size is not None:
+            tile = image
+            if (height, width) != tuple(frame_size):
+                tile = cv2.resize(image, frame_size[::-1], interpolation=cv2.INTER_AREA)
+        elif max(height, width) <= 1.5 * size:
             tile = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
         else:
             y0 = rng.integers(max(height - size, 0) + 1)
@@ -78,12 +85,18 @@ def write_detector_card(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     metrics: dict | None = None,
     extra: dict | None = None,
+    frame_size: tuple[int, int] | None = None,
 ) -> Path:
     from detection.anchors import AnchorSpec, anchors_center_yxhw
     from export.card import save_card, tensor_facts
 
     config = summary["config"]
     spec = AnchorSpec.from_dict(config["anchors"])
+    size_text = f"input {spec.input_size}"
+    note = "raw 0-255 pixels; big frames are tiled at native scale by the runtime"
+    if frame_size is not None:
+        size_text = f"whole frames of {frame_size[1]}x{frame_size[0]} (trained on {spec.input_size} crops)"
+        note = "raw 0-255 pixels; frames of this size run whole at native scale (one invoke, no tiles)"
     labels = list(config["labels"])
     facts = tensor_facts(model_path)
     order = _output_order(model_path, len(labels))
@@ -92,18 +105,18 @@ def write_detector_card(
         "task": "detector",
         "name": Path(model_path).stem,
         "labels": labels,
-        "architecture": f"SSDLite {config['backbone']} alpha {config['alpha']}, input {spec.input_size}",
+        "architecture": f"SSDLite {config['backbone']} alpha {config['alpha']}, {size_text}",
         "input": {
             "color_order": "RGB",
             "mean": [0, 0, 0],
             "std": [1, 1, 1],
             "resize": "stretch",
-            "note": "raw 0-255 pixels; big frames are tiled at native scale by the runtime",
+            "note": note,
             **facts["inputs"][0],
         },
         "decoding": {
             "type": "ssd",
-            "anchors_center_yxhw": np.round(anchors_center_yxhw(spec), 6).tolist(),
+            "anchors_center_yxhw": np.round(anchors_center_yxhw(spec, frame_size), 6).tolist(),
             "anchor_spec": spec.to_dict(),
             "box_variance": list(config["box_variance"]),
             "deltas_order": ["dy", "dx", "dh", "dw"],
@@ -130,20 +143,26 @@ def export_detector(
     calibration_frames: Path | None = None,
     calibration_count: int = 300,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    frame_size: tuple[int, int] | None = None,
 ) -> Path:
-    """Write the .tflite and its card; int8 needs frames to calibrate on."""
+    """Write the .tflite and its card; int8 needs frames to calibrate on. frame_size: (height,
+    width) of a camera's frames, to export the same network for whole frames of that size."""
     import keras
 
     from export.tflite import convert
 
     summary = detector_summary(keras_path)
     model = keras.models.load_model(keras_path, compile=False)
+    if frame_size is not None:
+        model = whole_frame_model(model, summary, frame_size)
     representative = None
     if to == "int8":
         if calibration_frames is None:
             raise GalaxyEdgeError("int8 export of a detector needs --data: frames to calibrate on")
         size = int(model.input_shape[1])
-        representative = calibration_tiles(calibration_frames, size, calibration_count).astype(np.float32)
+        representative = calibration_tiles(
+            calibration_frames, size, calibration_count, frame_size=frame_size
+        ).astype(np.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(convert(model, to, representative, calibration_count))
     extra = (
@@ -151,8 +170,26 @@ def export_detector(
         if representative is not None
         else None
     )
-    write_detector_card(out, summary, score_threshold, extra=extra)
+    write_detector_card(out, summary, score_threshold, extra=extra, frame_size=frame_size)
     return out
+
+
+def whole_frame_model(model, summary: dict, frame_size: tuple[int, int]):
+    """The trained detector rebuilt for whole frames of (height, width), with its weights: the
+    network is fully convolutional, so one invoke covers the frame at native scale where
+    overlapping tiles would process up to 1.6 times its pixels (1280x720: 15 tiles of 320)."""
+    from detection.model import DetectorConfig, build_detector
+
+    height, width = frame_size
+    largest = max(summary["config"]["anchors"]["strides"])
+    if height < largest or width < largest:
+        raise GalaxyEdgeError(f"--frame-size {width}x{height}: each side needs at least {largest} pixels")
+    try:
+        whole = build_detector(DetectorConfig.from_dict(summary["config"]), None, frame_size)
+        whole.set_weights(model.get_weights())
+    except ValueError as error:
+        raise GalaxyEdgeError(f"cannot rebuild the detector for {width}x{height} frames: {error}") from None
+    return whole
 
 
 def _postprocess_attributes(summary: dict, score_threshold: float, max_detections: int) -> str:

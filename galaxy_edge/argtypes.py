@@ -16,3 +16,14 @@ def split_fractions(value: str) -> tuple[float, float, float]:
     if any(p < 0 for p in parts) or abs(sum(parts) - 1) > 1e-6:
         raise argparse.ArgumentTypeError(f"fractions must be non-negative and summing to 1, got {value!r}")
     return parts  # type: ignore[return-value]
+
+
+def width_height(value: str) -> tuple[int, int]:
+    """`1280x720`: a frame size as (width, height), each side at least 64 pixels."""
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 1280x720, got {value!r}") from None
+    if width < 64 or height < 64:
+        raise argparse.ArgumentTypeError("frames must be at least 64x64")
+    return width, height

@@ -7,15 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _size(value: str) -> tuple[int, int]:
-    try:
-        width, height = (int(v) for v in value.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT like 1280x720, got {value!r}") from None
-    if width < 64 or height < 64:
-        raise argparse.ArgumentTypeError("frames must be at least 64x64")
-    return width, height
+from galaxy_edge.argtypes import width_height
 
 
 def _positive(value: str) -> int:
@@ -67,7 +59,7 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "  galaxy-edge simulate frames --n 20 --size 1280x720 --seed 0 --out data/sim_frames --stars",
     )
     frames.add_argument("--n", type=_positive, required=True, help="number of frames")
-    frames.add_argument("--size", type=_size, default=(1280, 720), help="WIDTHxHEIGHT")
+    frames.add_argument("--size", type=width_height, default=(1280, 720), help="WIDTHxHEIGHT")
     frames.add_argument("--seed", type=int, default=0)
     frames.add_argument("--scheme", choices=("decals", "sdss"), default="decals")
     frames.add_argument(

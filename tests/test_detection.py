@@ -42,6 +42,31 @@ def test_anchor_layout_is_level_row_column_kind() -> None:
     np.testing.assert_allclose(anchors[32], [16 / 64, 16 / 64, 0.5, 0.5])  # second level
 
 
+def test_whole_frame_anchors_keep_pixel_sizes_on_a_wider_grid() -> None:
+    spec = AnchorSpec(input_size=64, strides=(16, 32), sizes=[[8.0], [32.0]], aspect_ratios=(1.0, 4.0))
+    np.testing.assert_array_equal(anchors_center_yxhw(spec, (64, 64)), anchors_center_yxhw(spec))
+    anchors = anchors_center_yxhw(spec, (48, 112))  # 3 x 7 cells at stride 16, 2 x 4 at 32 (ceil)
+    assert anchors.shape == ((3 * 7 + 2 * 4) * 2, 4)
+    np.testing.assert_allclose(anchors[0], [8 / 48, 8 / 112, 8 / 48, 8 / 112])
+    np.testing.assert_allclose(anchors[1], [8 / 48, 8 / 112, 16 / 48, 4 / 112])  # h/w = 4 in pixels
+    np.testing.assert_allclose(anchors[2 * 7, :2], [24 / 48, 8 / 112])  # second row
+    np.testing.assert_allclose(anchors[2 * 21 + 2 * 3], [16 / 48, 112 / 112, 32 / 48, 32 / 112])
+
+
+def test_whole_frame_detector_has_an_output_per_anchor() -> None:
+    from detection.model import DetectorConfig, build_detector
+
+    spec = AnchorSpec(input_size=64, strides=(8, 16, 32, 64), sizes=[[8], [16], [32], [48]])
+    config = DetectorConfig(alpha=0.35, head_channels=16, anchors=spec)
+    square = build_detector(config)
+    whole = build_detector(config, frame_size=(96, 160))
+    whole.set_weights(square.get_weights())  # the same layers, whatever the input size
+    outputs = whole(np.zeros((1, 96, 160, 3), np.float32))
+    assert outputs["boxes"].shape == (1, len(anchors_center_yxhw(spec, (96, 160))), 4)
+    with pytest.raises(ValueError, match="anchor grid"):
+        build_detector(DetectorConfig(anchors=AnchorSpec(input_size=64, strides=(4, 16, 32, 64))))
+
+
 def test_targets_encoded_by_keras_decode_in_the_edge_runtime() -> None:
     """The contract between training and the device: deltas from keras.utils.bounding_boxes
     decode back to the same box with the runtime's numpy decoder."""
@@ -183,6 +208,25 @@ def test_detector_trains_resumes_exports_int8_and_runs_on_the_edge(tmp_path: Pat
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["coco"]["map50"] >= 0.5, report["coco"]
     assert (tmp_path / "eval" / "pr_curve.png").is_file()
+
+    # The same network exported for whole 160x160 frames (one invoke per frame, no tiles),
+    # calibrated on the training frames, its parity measured on the held-out ones.
+    whole = tmp_path / "models" / "blob_160x160_int8.tflite"
+    code, out, err = run_cli(
+        "export", tmp_path / "run" / "detector.keras", "--to", "int8", "--data", test, "--calibration-data",
+        train, "--frame-size", "160x160", "--calibration-count", "40", "--out", whole,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "Edge TPU ready: yes" in out
+    assert (Detector(whole).height, Detector(whole).width) == (160, 160)
+    card = json.loads(whole.with_suffix(".json").read_text())
+    assert card["calibration"]["source"] == str(train) and card["metrics"]["evaluated_on"] == str(test)
+    code, out, err = run_cli(
+        "evaluate", "--detector", "--model", whole, "--data", test, "--out", tmp_path / "eval_whole"
+    )
+    assert code == 0, err
+    whole_report = json.loads((tmp_path / "eval_whole" / "report.json").read_text())
+    assert whole_report["coco"]["map50"] >= 0.5, whole_report["coco"]
 
 
 def test_matching_iou_agrees_with_keras() -> None:
