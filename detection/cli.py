@@ -19,6 +19,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--input-size", type=int, default=320, help="detector input side in pixels")
     group.add_argument("--backbone", choices=("mobilenet_v2", "mobilenet_v3_small"), default="mobilenet_v2")
     group.add_argument("--alpha", type=float, default=0.35, help="backbone width multiplier")
+    group.add_argument(
+        "--head-channels", type=int, default=96, help="channels of the separable box and class heads"
+    )
     group.add_argument("--weights", type=Path, help="local ImageNet weights file for the backbone (optional)")
     group.add_argument("--steps-per-epoch", type=int, default=200)
     group.add_argument("--learning-rate", type=float, default=2e-3)
@@ -85,6 +88,7 @@ def run_train(args: argparse.Namespace) -> int:
         config = DetectorConfig(
             backbone=args.backbone,
             alpha=args.alpha,
+            head_channels=args.head_channels,
             labels=labels,
             anchors=anchors_for(train_frames, args.input_size),
         )
