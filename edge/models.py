@@ -13,6 +13,7 @@ import numpy as np
 from edge.interpreter import ModelError, load_interpreter
 from edge.model_card import ModelCard, read_model_card
 from edge.resize import area_shrink
+from edge.tracking import iou_matrix
 
 
 class TFLiteModel:
@@ -187,22 +188,12 @@ def _contained(detections: Detections, containment: float) -> Detections:
     return detections.select(np.flatnonzero(keep))
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) IoU of x1, y1, x2, y2 boxes."""
-    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = ix * iy
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
 def _voted_boxes(kept: np.ndarray, boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     # Box voting (Gidaris and Komodakis 2015; YOLOv5's merge NMS): OpenCV's NMS keeps one
     # anchor's box, so which anchor wins a near tie, and with it the box, can flip with one
     # quantization step of a score (x86 and Pi kernels differ by that). The weighted mean of
     # the whole cluster barely moves, and it localizes better than any one anchor.
-    weights = np.where(box_iou(boxes[kept], boxes) >= iou_threshold, scores[None, :], 0.0)
+    weights = np.where(iou_matrix(boxes[kept], boxes) >= iou_threshold, scores[None, :], 0.0)
     return (weights @ boxes) / weights.sum(axis=1, keepdims=True)
 
 
