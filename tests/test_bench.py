@@ -32,6 +32,21 @@ def test_mac_count_of_a_known_model(tiny_models) -> None:
     assert result["p50_ms"] > 0 and len(result["samples_ms"]) >= 3
 
 
+def test_coral_projection_scales_the_published_figure_by_macs() -> None:
+    from edge.bench import coral_projection
+
+    models = {
+        "detector": {"dtype": "int8", "macs": 193.2e6, "yardstick": "ssd_mobilenet_v2_300"},
+        "detector_float32": {"dtype": "float32", "macs": 193.2e6, "yardstick": "ssd_mobilenet_v2_300"},
+        "detector@2t": {"dtype": "int8", "macs": 193.2e6, "yardstick": "ssd_mobilenet_v2_300"},
+        "classifier": {"dtype": "int8", "macs": 30e6, "yardstick": "coral_mobilenet_v2_1.0_224"},
+        "ssd_mobilenet_v2_300": {"dtype": "int8", "macs": 772.8e6},
+    }
+    projected = coral_projection(models)
+    assert set(projected) == {"detector"}  # no float, no second thread count, no missing yardstick
+    assert projected["detector"]["ms"] == pytest.approx(7.2 / 4)
+
+
 def test_benchmark_json_shape_and_reference_check(tiny_models, tmp_path: Path, run_cli) -> None:
     result = run_benchmark(
         tiny_models["detector"],
