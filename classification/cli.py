@@ -90,6 +90,12 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "held out for `evaluate --gz2`",
     )
     train.add_argument(
+        "--learning-rate",
+        type=float,
+        help="initial learning rate (default: the configuration's for the classifier, 2e-3 for the "
+        "detector); lower for a second, fine phase with --from",
+    )
+    train.add_argument(
         "--weak-weight", type=float, default=1.0, help="loss weight of a weakly labelled image"
     )
     train.add_argument(
@@ -207,6 +213,8 @@ def run_train(args: argparse.Namespace) -> int:
         values = json.loads(args.config.read_text())
         config = CNNConfig.from_dict(values.get("best_config") or values.get("config") or values)
         config.input_size, config.num_classes = args.size, len(dataset.counts())
+    if args.learning_rate:
+        config.learning_rate = args.learning_rate
     initial = None
     if args.initial:
         import keras

@@ -24,7 +24,6 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--weights", type=Path, help="local ImageNet weights file for the backbone (optional)")
     group.add_argument("--steps-per-epoch", type=int, default=200)
-    group.add_argument("--learning-rate", type=float, default=2e-3)
     group.add_argument(
         "--freeze-backbone",
         action="store_true",
@@ -98,7 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs or 40,
         steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size or 16,
-        learning_rate=args.learning_rate,
+        learning_rate=args.learning_rate or 2e-3,
         seed=args.seed,
         freeze_backbone=args.freeze_backbone,
     )
