@@ -268,7 +268,7 @@ def test_fine_tuning_on_another_camera_beats_the_shipped_detector(tmp_path: Path
     before = map50(SHIPPED_DETECTOR, "before")
     code, _, err = run_cli(
         "train", "--detector", "--data", tmp_path / "train", "--from", SHIPPED_DETECTOR,
-        "--epochs", "6", "--steps-per-epoch", "20", "--batch-size", "8", "--learning-rate", "0.001",
+        "--epochs", "6", "--steps-per-epoch", "20", "--batch-size", "8", "--learning-rate", "0.0003",
         "--out", tmp_path / "tuned",
     )  # fmt: skip
     assert code == 0, err

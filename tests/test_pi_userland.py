@@ -229,14 +229,15 @@ def _detections_matched(arm: list[dict], x86: list[dict]) -> tuple[int, int, flo
 # x86 "default" is ai-edge-litert 2.3 with XNNPACK; "builtin" the same runtime with TFLite's built-in
 # kernels, which is what tflite-runtime 2.14 runs int8 models with (edge.interpreter).
 AGREEMENT_BOUNDS = {
-    # int8 classifier: XNNPACK flips 2 near-ties of 199 (0.990); built-in kernels agree bit for bit.
-    ("classifier", "default"): 0.985,
+    # int8 classifier: XNNPACK agreed on all 199 (the issue asks 0.99: near-ties may flip); built-in
+    # kernels agree bit for bit.
+    ("classifier", "default"): 0.99,
     ("classifier", "builtin"): 1.0,
-    # int8 detector: 100 of 118 confident detections at IoU 0.9 with XNNPACK (worst 0.38); 111 of 117
-    # with built-in kernels (worst 0.70): the detector's kernels changed between TFLite 2.14 and
-    # LiteRT 2.3 (its raw outputs differ on identical input tensors).
-    ("detector", "default"): 0.84,
-    ("detector", "builtin"): 0.94,
+    # int8 detector (with box voting): 132 of 152 confident detections at IoU 0.9 with XNNPACK (worst
+    # 0.76); 148 of 153 with built-in kernels (worst 0.50): the detector's kernels changed between
+    # TFLite 2.14 and LiteRT 2.3 (its raw outputs differ on identical input tensors).
+    ("detector", "default"): 0.86,
+    ("detector", "builtin"): 0.96,
 }
 
 
