@@ -14,8 +14,8 @@ from detection.anchors import AnchorSpec
 
 # Where the backbones' feature maps of stride 8, 16 and 32 are: expanded activations for
 # MobileNetV2, as in the SSDLite paper; the blocks' outputs for MobileNetV3Small, skipping its
-# last 1x1 convolution (576 channels at stride 32): the head's own separable block follows, and
-# without it the detector's int8 invoke takes 0.20 of the SSD yardstick's here.
+# last 1x1 convolution (576 channels at stride 32), which the head's own separable block follows
+# anyway (the shipped detector's int8 invoke: 0.236 of the SSD yardstick's, bench/bench_x86.md).
 BACKBONE_FEATURES = {
     "mobilenet_v2": ("block_6_expand_relu", "block_13_expand_relu", "out_relu"),
     "mobilenet_v3_small": ("expanded_conv_2_add", "expanded_conv_7_add", "expanded_conv_10_add"),

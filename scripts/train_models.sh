@@ -64,8 +64,8 @@ step "simulated frames with labelImg XML"
 
 step "detector (resumes from its checkpoint if interrupted)"
 # MobileNetV3Small (minimalistic: Edge TPU ops) with 64-channel heads: the shipped detector,
-# a fifth of the SSD MobileNet V2 yardstick's invoke time (MobileNetV2 0.35, the CLI default,
-# takes about two fifths).
+# about a quarter of the SSD MobileNet V2 yardstick's invoke time (bench/bench_x86.md; the
+# previous detector, on MobileNetV2 0.35, the CLI default, took 0.38-0.47).
 $CLI train --detector --data "$DATA/det_train" --split 0.9,0.1,0 --epochs "$DETECTOR_EPOCHS" \
     --steps-per-epoch "$STEPS" --backbone mobilenet_v3_small --alpha 1.0 --head-channels 64 \
     --out "$OUT/detector"
