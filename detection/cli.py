@@ -140,6 +140,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"on {report['data']['frames']} frames ({report['data']['boxes']} boxes); best F1 "
             f"{coco.get('best_f1_iou50', 0):.3f} at score {coco.get('best_f1_threshold', 0):.2f}"
         )
+    if report.get("recall_by_size"):
+        print(
+            f"recall at IoU 0.5, score {report['score_threshold']:.2f}, by the box's longer side: "
+            + ", ".join(
+                f"{row['size']} {row['recall']:.2f} ({row['count']})"
+                for row in report["recall_by_size"]
+                if row["count"]
+            )
+        )
     if "gz2_central" in report:
         central = report["gz2_central"]
         print(

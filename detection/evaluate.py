@@ -11,6 +11,7 @@ import json
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -130,15 +131,28 @@ def save_pr_curve(precision: Sequence[float], path: Path, title: str) -> Path | 
     return path
 
 
-def draw_errors(pairs: Sequence, per_image: Sequence, threshold: float, out: Path, count: int) -> list[Path]:
-    """For the `count` frames with most errors: truth in green (missed: red), detections above
-    the threshold in cyan (false positives: magenta)."""
+@dataclass
+class FrameMatch:
+    """One frame's detections above a score threshold matched to its truth at IoU 0.5 (greedy, in
+    score order; difficult boxes and stars are not truth)."""
+
+    image_path: Path
+    truth: list
+    boxes: np.ndarray
+    missed: list[int]  # indices into truth
+    false: list[int]  # indices into boxes
+
+    @property
+    def errors(self) -> int:
+        return len(self.missed) + len(self.false)
+
+
+def match_frames(pairs: Sequence, per_image: Sequence, threshold: float) -> list[FrameMatch]:
     from annotations.records import Box
 
-    scored = []
+    matches = []
     for (image_path, ann), found in zip(pairs, per_image, strict=True):
-        keep = found.scores >= threshold
-        boxes = found.boxes[keep]
+        boxes = found.boxes[found.scores >= threshold]
         truth = [b for b in ann.boxes if not b.difficult and b.name != "star"]
         matched_truth, matched_found = set(), set()
         for i, t in enumerate(truth):
@@ -147,21 +161,56 @@ def draw_errors(pairs: Sequence, per_image: Sequence, threshold: float, out: Pat
                     matched_truth.add(i)
                     matched_found.add(j)
                     break
-        misses = [t for i, t in enumerate(truth) if i not in matched_truth]
-        false = [b for j, b in enumerate(boxes) if j not in matched_found]
-        scored.append((len(misses) + len(false), image_path, truth, misses, boxes, false))
+        missed = [i for i in range(len(truth)) if i not in matched_truth]
+        false = [j for j in range(len(boxes)) if j not in matched_found]
+        matches.append(FrameMatch(Path(image_path), truth, boxes, missed, false))
+    return matches
+
+
+# Bins of a truth box's longer side in pixels: COCO's small/medium/large split at 32 and 96 pixels
+# of area side, too coarse for a sky where most galaxies span 8-64 pixels.
+SIZE_BINS_PX = (0, 16, 32, 64, 128, 256)
+
+
+def recall_by_size(matches: Sequence[FrameMatch]) -> list[dict]:
+    """Recall at IoU 0.5 (at the matches' threshold) per bin of the truth box's longer side."""
+    edges = [*SIZE_BINS_PX, np.inf]
+    found = np.zeros(len(SIZE_BINS_PX), int)
+    total = np.zeros(len(SIZE_BINS_PX), int)
+    for match in matches:
+        missed = set(match.missed)
+        for i, t in enumerate(match.truth):
+            k = int(np.searchsorted(edges, max(t.xmax - t.xmin, t.ymax - t.ymin), side="right")) - 1
+            total[k] += 1
+            found[k] += i not in missed
+    rows = []
+    for k, low in enumerate(SIZE_BINS_PX):
+        high = edges[k + 1]
+        label = f"{low}-{int(high)} px" if np.isfinite(high) else f">={low} px"
+        rows.append(
+            {
+                "size": label,
+                "count": int(total[k]),
+                "recall": float(found[k] / total[k]) if total[k] else None,
+            }
+        )
+    return rows
+
+
+def draw_errors(matches: Sequence[FrameMatch], out: Path, count: int) -> list[Path]:
+    """For the `count` frames with most errors: truth in green (missed: red), detections above
+    the threshold in cyan (false positives: magenta)."""
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for errors, image_path, truth, misses, boxes, false in sorted(scored, key=lambda s: -s[0])[:count]:
-        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        for t in truth:
-            color = (0, 0, 255) if t in misses else (0, 200, 0)
+    for match in sorted(matches, key=lambda m: -m.errors)[:count]:
+        image = cv2.imread(str(match.image_path), cv2.IMREAD_COLOR)
+        for i, t in enumerate(match.truth):
+            color = (0, 0, 255) if i in match.missed else (0, 200, 0)
             cv2.rectangle(image, (int(t.xmin), int(t.ymin)), (int(t.xmax), int(t.ymax)), color, 1)
-        false_ids = {id(b) for b in false}
-        for b in boxes:
-            color = (255, 0, 255) if id(b) in false_ids else (255, 255, 0)
+        for j, b in enumerate(match.boxes):
+            color = (255, 0, 255) if j in match.false else (255, 255, 0)
             cv2.rectangle(image, (int(b[0]) - 2, int(b[1]) - 2), (int(b[2]) + 2, int(b[3]) + 2), color, 1)
-        target = out / f"{Path(image_path).stem}_errors{errors}.jpg"
+        target = out / f"{match.image_path.stem}_errors{match.errors}.jpg"
         cv2.imwrite(str(target), image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         written.append(target)
     return written
@@ -249,10 +298,10 @@ def evaluate_detector(
                 "boxes": sum(len(ann.boxes) for _, ann in pairs),
             }
             save_pr_curve(metrics["pr_curve_iou50"], out / "pr_curve.png", f"{Path(model_path).name}")
+            matches = match_frames(pairs, per_image, threshold)
+            report["recall_by_size"] = recall_by_size(matches)
             if draw:
-                report["drawn_errors"] = [
-                    str(p) for p in draw_errors(pairs, per_image, threshold, out / "errors", draw)
-                ]
+                report["drawn_errors"] = [str(p) for p in draw_errors(matches, out / "errors", draw)]
         detector.score_threshold = threshold
         if gz2:
             print(f"GZ2 central-galaxy check on {gz2}", file=sys.stderr)

@@ -248,6 +248,48 @@ SHIPPED_DETECTOR = Path(__file__).resolve().parent.parent / "models" / "galaxy_d
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHIPPED_DETECTOR.is_file(), reason="no shipped detector in models/")
+def test_recall_by_size_counts_misses_false_positives_and_difficult_boxes() -> None:
+    from detection.evaluate import match_frames, recall_by_size
+    from edge.models import Detections
+
+    truth = ImageAnnotation(
+        "f.jpg",
+        400,
+        300,
+        boxes=[
+            Box("galaxy", 10, 10, 20, 20),  # 10 px: found
+            Box("galaxy", 50, 50, 62, 60),  # 12 px: missed (the detection is off by half)
+            Box("galaxy", 100, 100, 140, 120),  # 40 px: found, but its detection is below threshold
+            Box("galaxy", 200, 100, 500, 200),  # 300 px: found
+            Box("galaxy", 300, 10, 305, 15, difficult=True),  # not truth
+            Box("star", 150, 10, 160, 20),  # not truth
+        ],
+    )
+    found = Detections(
+        np.array(
+            [
+                [10, 10, 20, 21],
+                [56, 50, 68, 60],
+                [100, 100, 140, 120],
+                [205, 100, 500, 200],
+                [300, 10, 305, 15],
+                [360, 250, 380, 270],
+            ],
+            np.float32,
+        ),
+        np.array([0.9, 0.8, 0.2, 0.7, 0.6, 0.5], np.float32),
+        np.zeros(6, np.int32),
+    )
+    (match,) = match_frames([("f.jpg", truth)], [found], threshold=0.4)
+    assert match.missed == [1, 2]
+    assert sorted(match.false) == [1, 3, 4]  # the off box, the difficult one's and a blank-sky one
+    rows = {row["size"]: (row["count"], row["recall"]) for row in recall_by_size([match])}
+    assert rows["0-16 px"] == (2, 0.5)
+    assert rows["32-64 px"] == (1, 0.0)
+    assert rows[">=256 px"] == (1, 1.0)
+    assert rows["64-128 px"] == (0, None)
+
+
 def test_fine_tuning_on_another_camera_beats_the_shipped_detector(tmp_path: Path, run_cli) -> None:
     """A few dozen annotated frames of a different rig (amateur colour CMOS: coarser pixels,
     softer seeing, green balance, read noise, gamma stretch) raise mAP on held-out frames of
