@@ -7,6 +7,7 @@ only argparse here, TensorFlow is imported when a handler runs.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -22,6 +23,12 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--head-channels", type=int, default=96, help="channels of the separable box and class heads"
     )
+    group.add_argument(
+        "--strides",
+        type=_strides,
+        help="feature levels' strides, e.g. 4,8,16,32,64 (default 8,16,32,64); with --from, a model "
+        "with other levels starts from its weights (backbone, and the heads of the strides it has)",
+    )
     group.add_argument("--weights", type=Path, help="local ImageNet weights file for the backbone (optional)")
     group.add_argument("--steps-per-epoch", type=int, default=200)
     group.add_argument(
@@ -29,6 +36,16 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --from: train the heads only (a few dozen frames of a new camera)",
     )
+
+
+def _strides(text: str) -> tuple[int, ...]:
+    try:
+        strides = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give strides as 4,8,16,32,64") from None
+    if any(b != 2 * a for a, b in itertools.pairwise(strides)) or strides[0] not in (4, 8):
+        raise argparse.ArgumentTypeError(f"{text!r}: strides start at 4 or 8 and double at each level")
+    return strides
 
 
 def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +71,7 @@ def run_train(args: argparse.Namespace) -> int:
     import keras
 
     from annotations.split import split_pairs
+    from detection.anchors import DEFAULT_STRIDES
     from detection.data import load_frames
     from detection.model import DetectorConfig
     from detection.train import DetectorTrainSettings, anchors_for, train_detector
@@ -83,13 +101,15 @@ def run_train(args: argparse.Namespace) -> int:
         if config.labels != labels:
             raise GalaxyEdgeError(f"{args.initial} detects {config.labels}, not {labels}")
         initial = keras.models.load_model(args.initial, compile=False)
+        if args.strides and tuple(args.strides) != tuple(config.anchors.strides):
+            initial, config = _with_strides(initial, config, train_frames, args.strides)
     else:
         config = DetectorConfig(
             backbone=args.backbone,
             alpha=args.alpha,
             head_channels=args.head_channels,
             labels=labels,
-            anchors=anchors_for(train_frames, args.input_size),
+            anchors=anchors_for(train_frames, args.input_size, args.strides or DEFAULT_STRIDES),
         )
     if args.weights and not args.weights.is_file():
         raise GalaxyEdgeError(f"{args.weights}: no such weights file")
@@ -112,6 +132,22 @@ def run_train(args: argparse.Namespace) -> int:
     )
     print(f"model {args.out / 'detector.keras'}, summary {args.out / 'detector.json'}")
     return 0
+
+
+def _with_strides(source, source_config, train_frames, strides: tuple[int, ...]):
+    """A detector with other feature levels, starting from `source`'s weights."""
+    import dataclasses
+
+    from detection.model import build_detector, transfer_weights
+    from detection.train import anchors_for
+
+    config = dataclasses.replace(
+        source_config, anchors=anchors_for(train_frames, source_config.input_size, strides)
+    )
+    model = build_detector(config)
+    copied = transfer_weights(source, source_config, model, config)
+    print(f"levels {list(strides)}: {copied} layers start from the given model's weights", file=sys.stderr)
+    return model, config
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

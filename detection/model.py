@@ -1,5 +1,5 @@
-"""SSDLite on a MobileNet backbone (Keras 3): feature maps at strides 8-64, depthwise-separable
-box and class heads, raw outputs (box deltas and class logits per anchor).
+"""SSDLite on a MobileNet backbone (Keras 3): feature maps at strides 8-64 (optionally 4-64),
+depthwise-separable box and class heads, raw outputs (box deltas and class logits per anchor).
 
 The model takes raw 0-255 RGB pixels; its Rescaling folds into the int8 input quantization.
 Outputs, in this order: "boxes" (B, anchors, 4) deltas dy, dx, dh, dw (divided by the box
@@ -12,13 +12,24 @@ from dataclasses import asdict, dataclass, field
 
 from detection.anchors import AnchorSpec
 
-# Where the backbones' feature maps of stride 8, 16 and 32 are: expanded activations for
-# MobileNetV2, as in the SSDLite paper; the blocks' outputs for MobileNetV3Small, skipping its
-# last 1x1 convolution (576 channels at stride 32), which the head's own separable block follows
-# anyway (the shipped detector's int8 invoke: 0.236 of the SSD yardstick's, bench/bench_x86.md).
+# Where the backbones' feature maps of each stride are: expanded activations for MobileNetV2, as
+# in the SSDLite paper; the blocks' outputs for MobileNetV3Small, skipping its last 1x1
+# convolution (576 channels at stride 32), which the head's own separable block follows anyway
+# (the shipped detector's int8 invoke: 0.236 of the SSD yardstick's, bench/bench_x86.md).
+# Stride 4 is optional (`--strides 4,8,16,32,64`): anchors for galaxies of a few pixels.
 BACKBONE_FEATURES = {
-    "mobilenet_v2": ("block_6_expand_relu", "block_13_expand_relu", "out_relu"),
-    "mobilenet_v3_small": ("expanded_conv_2_add", "expanded_conv_7_add", "expanded_conv_10_add"),
+    "mobilenet_v2": {
+        4: "block_3_expand_relu",
+        8: "block_6_expand_relu",
+        16: "block_13_expand_relu",
+        32: "out_relu",
+    },
+    "mobilenet_v3_small": {
+        4: "expanded_conv_project_bn",
+        8: "expanded_conv_2_add",
+        16: "expanded_conv_7_add",
+        32: "expanded_conv_10_add",
+    },
 }
 BN_MOMENTUM = 0.9  # applications use 0.999: far too slow to settle when training from scratch
 PRIOR_PROBABILITY = 0.01  # initial sigmoid score: focal-loss practice, keeps early training stable
@@ -111,11 +122,17 @@ def build_detector(
     for layer in backbone.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = BN_MOMENTUM
-    names = BACKBONE_FEATURES[config.backbone]
+    taps = BACKBONE_FEATURES[config.backbone]
+    tapped = [stride for stride in spec.strides if stride in taps]
+    if not tapped or tapped != list(spec.strides[: len(tapped)]):
+        raise ValueError(
+            f"strides {list(spec.strides)}: the backbone gives strides {sorted(taps)}, then extras"
+        )
     feature_model = keras.Model(
-        backbone.input, [backbone.get_layer(n).output for n in names], name="backbone"
+        backbone.input, [backbone.get_layer(taps[stride]).output for stride in tapped], name="backbone"
     )
-    features = list(feature_model(scaled))
+    features = feature_model(scaled)
+    features = list(features) if isinstance(features, list | tuple) else [features]
     # Extra levels beyond stride 32: SSDLite's 1x1 squeeze + depthwise stride-2 blocks.
     while len(features) < len(spec.strides):
         level = len(features)
@@ -147,3 +164,44 @@ def build_detector(
         "scores": layers.Concatenate(axis=1, name="scores")(scores),
     }
     return keras.Model(image, outputs, name=f"ssdlite_{config.backbone}_{config.alpha:g}")
+
+
+def transfer_weights(source, source_config: DetectorConfig, target, target_config: DetectorConfig) -> int:
+    """Copy a trained detector's weights into one with other feature levels (say, a stride-4
+    level added): the backbone layer by layer, each head and extra block to the level of the same
+    stride. Layers whose shapes differ (other anchor counts) keep their initial weights. Returns
+    how many layers were copied."""
+
+    def level_names(config: DetectorConfig) -> dict[int, int]:
+        return {stride: level for level, stride in enumerate(config.anchors.strides)}
+
+    source_levels, target_levels = level_names(source_config), level_names(target_config)
+    renames = {}
+    for stride, level in target_levels.items():
+        if stride in source_levels:
+            for prefix in ("head", "extra"):
+                renames[f"{prefix}{level}_"] = f"{prefix}{source_levels[stride]}_"
+    source_backbone = source.get_layer("backbone")
+    backbone_layers = {layer.name: layer for layer in source_backbone.layers}
+    copied = 0
+    for model, lookup in ((target.get_layer("backbone"), backbone_layers), (target, None)):
+        for layer in model.layers:
+            if not layer.weights or layer.name == "backbone":
+                continue
+            if lookup is not None:
+                match = lookup.get(layer.name)
+            else:
+                prefix = next((p for p in renames if layer.name.startswith(p)), None)
+                if prefix is None:
+                    continue
+                try:
+                    match = source.get_layer(renames[prefix] + layer.name[len(prefix) :])
+                except ValueError:
+                    continue
+            if match is None:
+                continue
+            weights = match.get_weights()
+            if [w.shape for w in weights] == [w.shape for w in layer.get_weights()]:
+                layer.set_weights(weights)
+                copied += 1
+    return copied

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detection.anchors import spec_from_boxes
+from detection.anchors import DEFAULT_STRIDES, spec_from_boxes
 from detection.data import Frame, SampleStream, TargetEncoder, box_statistics, validation_tiles
 from detection.model import DetectorConfig, build_detector
 
@@ -73,10 +73,10 @@ def _losses():
     return BoxLoss(), ScoreLoss()
 
 
-def anchors_for(frames: Sequence[Frame], input_size: int):
+def anchors_for(frames: Sequence[Frame], input_size: int, strides: Sequence[int] = DEFAULT_STRIDES):
     widths, heights = box_statistics(frames)
     # Crops are taken at native scale with jitter: the boxes keep their frame-pixel sizes.
-    return spec_from_boxes(widths, heights, input_size=input_size)
+    return spec_from_boxes(widths, heights, input_size=input_size, strides=tuple(strides))
 
 
 def _schedule(settings: DetectorTrainSettings):

@@ -64,7 +64,38 @@ def test_whole_frame_detector_has_an_output_per_anchor() -> None:
     outputs = whole(np.zeros((1, 96, 160, 3), np.float32))
     assert outputs["boxes"].shape == (1, len(anchors_center_yxhw(spec, (96, 160))), 4)
     with pytest.raises(ValueError, match="anchor grid"):
-        build_detector(DetectorConfig(anchors=AnchorSpec(input_size=64, strides=(4, 16, 32, 64))))
+        build_detector(DetectorConfig(anchors=AnchorSpec(input_size=64, strides=(8, 16, 64))))
+    with pytest.raises(ValueError, match="the backbone gives strides"):
+        build_detector(DetectorConfig(anchors=AnchorSpec(input_size=64, strides=(2, 4, 8, 16))))
+
+
+def test_a_stride_4_level_starts_from_a_trained_detector() -> None:
+    """`train --detector --from M --strides 4,8,16,32,64`: the backbone and the heads of the strides M
+    has keep M's weights, so those anchors' outputs are M's until training moves them."""
+    import argparse
+
+    from detection.cli import _strides
+    from detection.model import DetectorConfig, build_detector, transfer_weights
+
+    spec = AnchorSpec(input_size=64, strides=(8, 16, 32, 64), sizes=[[8], [16], [32], [48]])
+    source_config = DetectorConfig(backbone="mobilenet_v3_small", alpha=0.75, head_channels=16, anchors=spec)
+    source = build_detector(source_config)
+    rng = np.random.default_rng(3)
+    source.set_weights([rng.normal(0, 0.2, w.shape).astype(np.float32) for w in source.get_weights()])
+    finer = AnchorSpec(input_size=64, strides=(4, 8, 16, 32, 64), sizes=[[4], [8], [16], [32], [48]])
+    target_config = DetectorConfig(backbone="mobilenet_v3_small", alpha=0.75, head_channels=16, anchors=finer)
+    target = build_detector(target_config)
+    assert transfer_weights(source, source_config, target, target_config) > 20
+    image = rng.uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+    before, after = source(image), target(image)
+    new_level = 16 * 16 * finer.per_location  # stride-4 anchors come first
+    assert after["scores"].shape[1] == new_level + before["scores"].shape[1]
+    np.testing.assert_allclose(after["scores"][:, new_level:], before["scores"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(after["boxes"][:, new_level:], before["boxes"], rtol=1e-5, atol=1e-5)
+    assert _strides("4,8,16,32,64") == (4, 8, 16, 32, 64)
+    for bad in ("4,8,32", "16,32", "a,b"):
+        with pytest.raises(argparse.ArgumentTypeError, match=bad):
+            _strides(bad)
 
 
 def test_targets_encoded_by_keras_decode_in_the_edge_runtime() -> None:
