@@ -123,8 +123,8 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "--model",
         type=Path,
         nargs="+",
-        help=".keras model; several: a weighted ensemble (weights fitted on half of --data, "
-        "reported on the other half)",
+        help=".keras model, or a .tflite with its card (run by the edge runtime); several: a weighted "
+        "ensemble (weights fitted on half of --data, reported on the other half)",
     )
     evaluate.add_argument(
         "--kfold", type=int, metavar="K", help="k-fold cross-validation of --configs on --data"
@@ -275,12 +275,12 @@ def _weak_set(args: argparse.Namespace, dataset):
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    import keras
     import numpy as np
 
     from classification.data import load_dataset
     from classification.evaluate import (
         classification_metrics,
+        load_classifier,
         predict,
         save_plots,
         spiral_check,
@@ -298,7 +298,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for path in args.model:
         if not path.is_file():
             raise GalaxyEdgeError(f"{path}: no such model")
-    models = [keras.models.load_model(path) for path in args.model]
+    models = [load_classifier(path) for path in args.model]
+    if args.gradcam and any(path.suffix == ".tflite" for path in args.model):
+        raise GalaxyEdgeError("--gradcam needs the .keras model (a .tflite gives no gradients)")
     model = models[0]
     size = int(model.input_shape[1])
     scheme = args.scheme

@@ -26,6 +26,31 @@ def predict(model, images: np.ndarray, rotations: bool = False, batch_size: int 
     return (total / 8).astype(np.float32)
 
 
+class TFLiteClassifier:
+    """A .tflite classifier with its card (the int8 file a Pi runs), through the edge runtime, behind
+    the Keras-style predict() and shapes that this module's functions use."""
+
+    def __init__(self, path: Path) -> None:
+        from edge.models import Classifier
+
+        self.classifier = Classifier(path)
+        self.input_shape = (None, self.classifier.height, self.classifier.width, 3)
+        self.output_shape = (None, len(self.classifier.labels))
+
+    def predict(self, images: np.ndarray, batch_size: int = 256, verbose: int = 0) -> np.ndarray:
+        # Datasets hold RGB images; the edge runtime takes BGR crops as OpenCV gives them.
+        return self.classifier.classify([image[..., ::-1] for image in images])
+
+
+def load_classifier(path: Path):
+    """A .keras model, or a .tflite (with its card beside it) run by the edge runtime."""
+    if Path(path).suffix == ".tflite":
+        return TFLiteClassifier(Path(path))
+    import keras
+
+    return keras.models.load_model(path)
+
+
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = 15):
     """ECE over equal-width confidence bins, with the per-bin (confidence, accuracy, count)."""
     confidence = probabilities.max(axis=1)

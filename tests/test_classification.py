@@ -225,6 +225,40 @@ def test_small_training_run_learns_and_cli_reports(tmp_path: Path, run_cli) -> N
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file() and (
         tmp_path / "eval" / "reliability.png"
     ).is_file()
+    # The int8 file a Pi runs, evaluated through the edge runtime: the same figures to the quantization.
+    tflite = tmp_path / "classifier_int8.tflite"
+    code, _, err = run_cli(
+        "export", tmp_path / "run" / "classifier.keras", "--to", "int8", "--data", data, "--out", tflite
+    )
+    assert code == 0, err
+    code, out, err = run_cli(
+        "evaluate",
+        "--classifier",
+        "--model",
+        tflite,
+        "--data",
+        data,
+        "--rotations",
+        "--out",
+        tmp_path / "eval8",
+    )
+    assert code == 0, err
+    int8 = json.loads((tmp_path / "eval8" / "evaluation.json").read_text())
+    assert abs(int8["data"]["accuracy"] - report["data"]["accuracy"]) <= 0.05
+    assert abs(int8["data_rotations"]["accuracy"] - report["data_rotations"]["accuracy"]) <= 0.05
+    code, _, err = run_cli(
+        "evaluate",
+        "--classifier",
+        "--model",
+        tflite,
+        "--data",
+        data,
+        "--gradcam",
+        "2",
+        "--out",
+        tmp_path / "e",
+    )
+    assert code != 0 and "--gradcam needs the .keras model" in err
 
 
 @pytest.mark.slow
