@@ -32,6 +32,7 @@ def merge_evaluation(card_path: Path, evaluation_path: Path) -> Path:
     card = json.loads(card_path.read_text())
     report = json.loads(evaluation_path.read_text())
     metrics = card.setdefault("metrics", {})
+    metrics["evaluated_model"] = report.get("model")
     if "data" in report and "accuracy" in report.get("data", {}):  # classifier
         data = report["data"]
         metrics["simulated_held_out"] = {
@@ -43,6 +44,8 @@ def merge_evaluation(card_path: Path, evaluation_path: Path) -> Path:
         metrics["simulated_held_out"]["per_class_recall"] = {
             name: values["recall"] for name, values in data.get("per_class", {}).items()
         }
+        if "data_rotations" in report:  # test-time averaging over the 8 rotations and flips
+            metrics["simulated_held_out"]["rotations"] = report["data_rotations"]
     if "gz2_spiral_check" in report:
         metrics["real_gz2_spiral_check"] = report["gz2_spiral_check"]
     if "coco" in report:  # detector
@@ -51,6 +54,9 @@ def merge_evaluation(card_path: Path, evaluation_path: Path) -> Path:
             "frames": report["data"]["frames"],
             **{k: v for k, v in report["coco"].items() if k != "pr_curve_iou50"},
         }
+        if "recall_by_size" in report:
+            metrics["simulated_held_out"]["recall_by_size"] = report["recall_by_size"]
+            metrics["simulated_held_out"]["recall_threshold"] = report.get("score_threshold")
     if "gz2_central" in report:
         metrics["real_gz2_central_galaxy"] = report["gz2_central"]
     if report.get("sky_frames"):

@@ -15,11 +15,13 @@ if [ "$QUICK" = 1 ]; then
     OUT=${OUT:-runs/quick}
     MODELS=${MODELS:-$OUT/models}
     STAMPS=600 TEST_STAMPS=200 TRIALS=2 TUNE_EPOCHS=1 CLASSIFIER_EPOCHS=2 CLASSIFIER_FINE_EPOCHS=1
+    CLASSIFIER_FINAL_EPOCHS=1
     FRAMES=12 TEST_FRAMES=4 FRAME_SIZE=640x480 DETECTOR_EPOCHS=2 STEPS=5 PARITY=200
 else
     OUT=${OUT:-runs/make_train}
     MODELS=${MODELS:-models}
     STAMPS=20000 TEST_STAMPS=3000 TRIALS=12 TUNE_EPOCHS=4 CLASSIFIER_EPOCHS=20 CLASSIFIER_FINE_EPOCHS=12
+    CLASSIFIER_FINAL_EPOCHS=16
     FRAMES=360 TEST_FRAMES=40 FRAME_SIZE=1280x720 DETECTOR_EPOCHS=70 STEPS=100 PARITY=3000
 fi
 DATA=$OUT/data
@@ -48,6 +50,10 @@ $CLI train --classifier --data "$TRAIN_H5" "${CONFIG[@]}" --gz2-weak --epochs "$
 step "classifier, second phase: the same data at a quarter of the learning rate"
 $CLI train --classifier --data "$TRAIN_H5" --config "$OUT/classifier_coarse/classifier.json" --gz2-weak \
     --from "$OUT/classifier_coarse/classifier.keras" --learning-rate 5e-4 --epochs "$CLASSIFIER_FINE_EPOCHS" \
+    --out "$OUT/classifier_mid"
+step "classifier, third phase: 2e-4, lowered on plateaus"
+$CLI train --classifier --data "$TRAIN_H5" --config "$OUT/classifier_mid/classifier.json" --gz2-weak \
+    --from "$OUT/classifier_mid/classifier.keras" --learning-rate 2e-4 --epochs "$CLASSIFIER_FINAL_EPOCHS" \
     --out "$OUT/classifier"
 $CLI evaluate --classifier --model "$OUT/classifier/classifier.keras" --data "$TEST_H5" --gz2 --rotations \
     --out "$OUT/classifier/eval"
@@ -57,6 +63,8 @@ $CLI export "$OUT/classifier/classifier.keras" --to int8 --data "$TEST_H5" --cal
     --parity-count "$PARITY" --out "$MODELS/galaxy10_classifier_int8.tflite"
 $CLI export "$OUT/classifier/classifier.keras" --to float32 --data "$TEST_H5" --parity-count "$PARITY" \
     --out "$MODELS/galaxy10_classifier_float32.tflite"
+$CLI evaluate --classifier --model "$MODELS/galaxy10_classifier_int8.tflite" --data "$TEST_H5" --gz2 --rotations \
+    --out "$OUT/classifier/eval_int8"
 
 step "simulated frames with labelImg XML"
 [ -d "$DATA/det_train" ] || $CLI simulate frames --n "$FRAMES" --size "$FRAME_SIZE" --seed 100 --out "$DATA/det_train"
@@ -87,8 +95,9 @@ $CLI evaluate --detector --model "$MODELS/galaxy_detector_int8.tflite" --data "$
 
 step "Keras checkpoints for fine-tuning (without optimizer state) beside the int8 files"
 .venv/bin/python -m export.ship "$OUT/classifier/classifier.keras" "$MODELS/galaxy10_classifier.keras" \
-    --card "$MODELS/galaxy10_classifier_int8.json" --card "$MODELS/galaxy10_classifier_float32.json" \
-    --evaluation "$OUT/classifier/eval/evaluation.json"
+    --card "$MODELS/galaxy10_classifier_float32.json" --evaluation "$OUT/classifier/eval/evaluation.json"
+.venv/bin/python -m export.ship "$OUT/classifier/classifier.keras" "$MODELS/galaxy10_classifier.keras" \
+    --card "$MODELS/galaxy10_classifier_int8.json" --evaluation "$OUT/classifier/eval_int8/evaluation.json"
 .venv/bin/python -m export.ship "$OUT/detector/detector.keras" "$MODELS/galaxy_detector.keras" \
     --card "$MODELS/galaxy_detector_int8.json" --evaluation "$OUT/detector/eval/report.json"
 [ "$QUICK" = 1 ] || cp "$OUT/detector/eval/sdss_1045_301_2_129_detections.jpg" docs/ 2>/dev/null || true

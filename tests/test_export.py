@@ -71,3 +71,47 @@ def test_float_model_is_not_edgetpu_ready(small_cnn, tmp_path: Path) -> None:
     path.write_bytes(convert(model, "float32"))
     readiness = edgetpu_readiness(path)
     assert not readiness["ready"] and any("float32" in p for p in readiness["problems"])
+
+
+def test_ship_merges_evaluation_figures_into_the_card(tmp_path: Path) -> None:
+    from export.ship import merge_evaluation
+
+    card = tmp_path / "m_int8.json"
+    card.write_text(json.dumps({"task": "classifier", "metrics": {"int8_accuracy": 0.9}}))
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(
+        json.dumps(
+            {
+                "model": "m_int8.tflite",
+                "data": {
+                    "source": "s.h5",
+                    "count": 10,
+                    "accuracy": 0.8,
+                    "curve": [1, 2],
+                    "per_class": {"a": {"recall": 0.5}},
+                },
+                "data_rotations": {"accuracy": 0.85, "gain": 0.05, "cost": "8 invokes per crop"},
+                "gz2_spiral_check": {"roc_auc": 0.7},
+            }
+        )
+    )
+    metrics = json.loads(merge_evaluation(card, evaluation).read_text())["metrics"]
+    assert metrics["int8_accuracy"] == 0.9 and metrics["evaluated_model"] == "m_int8.tflite"
+    held_out = metrics["simulated_held_out"]
+    assert held_out["accuracy"] == 0.8 and held_out["rotations"]["accuracy"] == 0.85
+    assert held_out["per_class_recall"] == {"a": 0.5} and "curve" not in held_out
+    assert metrics["real_gz2_spiral_check"]["roc_auc"] == 0.7
+    evaluation.write_text(
+        json.dumps(
+            {
+                "model": "d.tflite",
+                "score_threshold": 0.35,
+                "data": {"source": "frames", "frames": 4},
+                "coco": {"map50": 0.6, "pr_curve_iou50": [0.5] * 101},
+                "recall_by_size": [{"size": "0-16 px", "count": 3, "recall": 1 / 3}],
+            }
+        )
+    )
+    held_out = json.loads(merge_evaluation(card, evaluation).read_text())["metrics"]["simulated_held_out"]
+    assert held_out["map50"] == 0.6 and "pr_curve_iou50" not in held_out
+    assert held_out["recall_by_size"][0]["count"] == 3 and held_out["recall_threshold"] == 0.35
