@@ -27,6 +27,41 @@ def _intersection_over_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ix * iy / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-6)
 
 
+FUSE_OVERLAP = 0.05  # cut pieces overlapping by more than this (of the smaller) are one object
+
+
+def _fuse_overlapping(boxes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Groups of boxes that overlap, directly or through others, and each group's union box; repeated
+    until no two union boxes overlap (a grown box can reach a piece none of its parts touched).
+    Connected components by label propagation over the overlap matrix: each round is a few numpy
+    operations on n x n, where fusing one pair at a time costs n^3 box comparisons in Python
+    (seconds per frame with hundreds of low-score pieces, as evaluation at score 0.05 keeps)."""
+    groups = [np.array([i]) for i in range(len(boxes))]
+    current = boxes.astype(np.float64).copy()
+    while len(groups) > 1:
+        touching = _intersection_over_smaller(current, current) > FUSE_OVERLAP
+        np.fill_diagonal(touching, False)
+        if not touching.any():
+            break
+        label = np.arange(len(groups))
+        while True:
+            smallest = np.where(touching, label[None, :], len(groups)).min(axis=1)
+            updated = np.minimum(label, smallest)
+            if (updated == label).all():
+                break
+            label = updated
+        merged_groups, merged_boxes = [], []
+        for value in np.unique(label):
+            parts = np.flatnonzero(label == value)
+            merged_groups.append(np.concatenate([groups[k] for k in parts]))
+            part_boxes = current[parts]
+            merged_boxes.append(
+                np.concatenate([part_boxes[:, :2].min(axis=0), part_boxes[:, 2:].max(axis=0)])
+            )
+        groups, current = merged_groups, np.array(merged_boxes)
+    return [(group, current[k].astype(boxes.dtype)) for k, group in enumerate(groups)]
+
+
 def merge_tiles(
     parts: list[tuple[Detections, np.ndarray]], iou_threshold: float, containment: float | None = None
 ) -> Detections:
@@ -47,29 +82,14 @@ def merge_tiles(
         covered = _intersection_over_smaller(detections.boxes[cut_index], detections.boxes[whole])
         same_class = detections.class_ids[cut_index][:, None] == detections.class_ids[whole][None, :]
         keep[cut_index[((covered >= 0.6) & same_class).any(axis=1)]] = False
-    pieces = [i for i in cut_index if keep[i]]
     boxes, scores = detections.boxes.copy(), detections.scores.copy()
-    merged = True
-    while merged:  # fuse overlapping pieces until none overlap (objects spanning many tiles)
-        merged = False
-        for a_pos, a in enumerate(pieces):
-            for b in pieces[a_pos + 1 :]:
-                if detections.class_ids[a] != detections.class_ids[b]:
-                    continue
-                if _intersection_over_smaller(boxes[[a]], boxes[[b]])[0, 0] > 0.05:
-                    boxes[a] = [
-                        min(boxes[a, 0], boxes[b, 0]),
-                        min(boxes[a, 1], boxes[b, 1]),
-                        max(boxes[a, 2], boxes[b, 2]),
-                        max(boxes[a, 3], boxes[b, 3]),
-                    ]
-                    scores[a] = max(scores[a], scores[b])
-                    keep[b] = False
-                    pieces.remove(b)
-                    merged = True
-                    break
-            if merged:
-                break
+    pieces = np.array([i for i in cut_index if keep[i]], np.int64)
+    for class_id in np.unique(detections.class_ids[pieces]):
+        members = pieces[detections.class_ids[pieces] == class_id]
+        keep[members] = False
+        for group, box in _fuse_overlapping(boxes[members]):
+            first = members[group].min()
+            boxes[first], scores[first], keep[first] = box, scores[members[group]].max(), True
     fused = Detections(boxes, scores, detections.class_ids).select(np.flatnonzero(keep))
     return non_max_suppression(fused, iou_threshold, containment)
 

@@ -7,7 +7,17 @@ import itertools
 import numpy as np
 
 from edge.models import Detections, Detector
-from edge.tiling import RollingTiles, detect_tiled, merge_tiles, needs_tiling, tile_layout, tile_origins
+from edge.tiling import (
+    FUSE_OVERLAP,
+    RollingTiles,
+    _fuse_overlapping,
+    _intersection_over_smaller,
+    detect_tiled,
+    merge_tiles,
+    needs_tiling,
+    tile_layout,
+    tile_origins,
+)
 from edge.tracking import IouTracker
 from tests.conftest import blob_frame
 
@@ -38,6 +48,34 @@ def test_merge_drops_cut_boxes_seen_whole_elsewhere_and_fuses_pieces() -> None:
     )
     merged = merge_tiles([(left, np.array([True])), (right, np.array([True]))], 0.5)
     assert merged.boxes.tolist() == [[50, 40, 200, 90]] and merged.scores.tolist() == [np.float32(0.8)]
+
+
+def test_fused_pieces_grow_until_no_union_overlaps() -> None:
+    boxes = np.array(
+        [
+            [0, 0, 10, 10],
+            [8, 0, 20, 10],  # touches the first
+            [21, 0, 30, 10],  # touches neither alone, but their union's right edge is at 20: apart
+            [100, 100, 110, 110],
+            [105, 108, 120, 130],  # touches the fourth
+            [115, 95, 125, 104],  # touches only the union of the fourth and fifth (100-120 x 100-130)
+        ],
+        np.float32,
+    )
+    groups = {tuple(sorted(group.tolist())): box.tolist() for group, box in _fuse_overlapping(boxes)}
+    assert groups == {
+        (0, 1): [0, 0, 20, 10],
+        (2,): [21, 0, 30, 10],
+        (3, 4, 5): [100, 95, 125, 130],
+    }
+    # Many pieces (as at evaluation's score 0.05): the same fixed point as fusing one pair at a time.
+    rng = np.random.default_rng(4)
+    corners = rng.uniform(0, 2000, (400, 2))
+    many = np.column_stack([corners, corners + rng.uniform(3, 30, (400, 2))]).astype(np.float32)
+    fused = np.array([box for _, box in _fuse_overlapping(many)])
+    touching = _intersection_over_smaller(fused, fused) > FUSE_OVERLAP
+    np.fill_diagonal(touching, False)
+    assert not touching.any() and len(fused) < len(many)
 
 
 def test_tiled_detection_finds_every_blob_once(tiny_models) -> None:
