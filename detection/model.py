@@ -15,7 +15,7 @@ from detection.anchors import AnchorSpec
 # Where the backbones' feature maps of each stride are: expanded activations for MobileNetV2, as
 # in the SSDLite paper; the blocks' outputs for MobileNetV3Small, skipping its last 1x1
 # convolution (576 channels at stride 32), which the head's own separable block follows anyway
-# (the shipped detector's int8 invoke: 0.236 of the SSD yardstick's, bench/bench_x86.md).
+# (the shipped detector's int8 invoke: 0.195-0.236 of the SSD yardstick's in two runs, bench/bench_x86.md).
 # Stride 4 is optional (`--strides 4,8,16,32,64`): anchors for galaxies of a few pixels.
 BACKBONE_FEATURES = {
     "mobilenet_v2": {

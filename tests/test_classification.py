@@ -231,33 +231,13 @@ def test_small_training_run_learns_and_cli_reports(tmp_path: Path, run_cli) -> N
         "export", tmp_path / "run" / "classifier.keras", "--to", "int8", "--data", data, "--out", tflite
     )
     assert code == 0, err
-    code, out, err = run_cli(
-        "evaluate",
-        "--classifier",
-        "--model",
-        tflite,
-        "--data",
-        data,
-        "--rotations",
-        "--out",
-        tmp_path / "eval8",
-    )
+    evaluate_int8 = ("evaluate", "--classifier", "--model", tflite, "--data", data)
+    code, out, err = run_cli(*evaluate_int8, "--rotations", "--out", tmp_path / "eval8")
     assert code == 0, err
     int8 = json.loads((tmp_path / "eval8" / "evaluation.json").read_text())
     assert abs(int8["data"]["accuracy"] - report["data"]["accuracy"]) <= 0.05
     assert abs(int8["data_rotations"]["accuracy"] - report["data_rotations"]["accuracy"]) <= 0.05
-    code, _, err = run_cli(
-        "evaluate",
-        "--classifier",
-        "--model",
-        tflite,
-        "--data",
-        data,
-        "--gradcam",
-        "2",
-        "--out",
-        tmp_path / "e",
-    )
+    code, _, err = run_cli(*evaluate_int8, "--gradcam", "2", "--out", tmp_path / "e")
     assert code != 0 and "--gradcam needs the .keras model" in err
 
 
