@@ -83,7 +83,7 @@ def merge_tiles(
         same_class = detections.class_ids[cut_index][:, None] == detections.class_ids[whole][None, :]
         keep[cut_index[((covered >= 0.6) & same_class).any(axis=1)]] = False
     boxes, scores = detections.boxes.copy(), detections.scores.copy()
-    pieces = np.array([i for i in cut_index if keep[i]], np.int64)
+    pieces = cut_index[keep[cut_index]]
     for class_id in np.unique(detections.class_ids[pieces]):
         members = pieces[detections.class_ids[pieces] == class_id]
         keep[members] = False
