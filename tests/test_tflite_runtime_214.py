@@ -1,0 +1,121 @@
+"""The shipped models under tflite-runtime 2.14 with numpy below 2 (what Raspberry Pi OS Bookworm users
+install), in a venv of its own on this x86 machine, against ai-edge-litert on the same inputs.
+
+Run on the same CPU, this isolates the runtime version from the two other things that change int8
+outputs: the kernel library (ai-edge-litert hands int8 models to XNNPACK, tflite-runtime 2.14 on x86
+runs TFLite's built-in kernels) and the CPU (arm64's built-in kernels round differently from x86's; see
+tests/test_pi_userland.py). The venv is built once into .cache/tflite-runtime-2.14 and reused; where pip
+cannot reach a package index the test is skipped saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from tests.test_pi_userland import _detections_matched
+
+VENV = REPO / ".cache" / "tflite-runtime-2.14"
+# Raspberry Pi OS Bookworm's combination; OpenCV as in the emulated Pi userland.
+PINNED = ("tflite-runtime==2.14.0", "numpy==1.26.4", "opencv-python-headless==4.11.0.86")
+SHIPPED = sorted((REPO / "models").glob("*.tflite"))
+
+# Measured (shipped models, bundled samples): against ai-edge-litert with XNNPACK, the int8 classifier
+# agreed on 198 of 199 crops (a near-tie) and the int8 detector on 136 of 153 confident detections at
+# IoU 0.9 (XNNPACK's int8 arithmetic rounds differently from the built-in kernels). Lower bounds at that.
+XNNPACK_BOUNDS = {"classifier": 0.99, "detector": 0.88}
+
+
+@pytest.fixture(scope="module")
+def runtime_214_python() -> Path:
+    python = VENV / "bin" / "python"
+    stamp = VENV / ".installed"
+    if stamp.exists() and stamp.read_text() == "\n".join(PINNED):
+        return python
+    steps = (
+        [sys.executable, "-m", "venv", "--clear", str(VENV)],
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *PINNED],
+    )
+    for step in steps:
+        result = subprocess.run(step, capture_output=True, text=True, timeout=600, check=False)
+        if result.returncode != 0:
+            reason = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            pytest.skip(f"could not build the tflite-runtime 2.14 venv in {VENV}: {reason}")
+    stamp.write_text("\n".join(PINNED))
+    return python
+
+
+def _outputs(python: Path | str, kernels: str) -> dict:
+    result = subprocess.run(
+        [str(python), "-m", "tests.model_outputs", str(REPO / "models"), str(REPO / "samples"), kernels],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def test_the_venv_runs_the_edge_runtime_on_tflite_runtime_2_14(runtime_214_python: Path) -> None:
+    code = "import numpy, tflite_runtime, edge.interpreter as e\n"
+    code += "print(e.runtime_name(e.interpreter_module()), tflite_runtime.__version__, numpy.__version__)"
+    result = subprocess.run(
+        [str(runtime_214_python), "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["tflite_runtime", "2.14.0", "1.26.4"]
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped models in models/")
+def test_shipped_models_give_the_same_outputs_under_tflite_runtime_2_14(runtime_214_python: Path) -> None:
+    """Every shipped model loads in tflite-runtime 2.14. With the same (built-in) kernels its int8
+    outputs are ai-edge-litert's bit for bit, float32 ones to float rounding; against ai-edge-litert's
+    default XNNPACK kernels, the same top-1 class for 99% of crops and the measured share of the
+    confident detections at IoU 0.9."""
+    old = _outputs(runtime_214_python, "default")  # a Pi OS user's settings
+    same_kernels, xnnpack = _outputs(sys.executable, "builtin"), _outputs(sys.executable, "default")
+    assert sorted(old) == sorted(same_kernels) == [p.name for p in SHIPPED]
+    problems = []
+    for name in old:
+        int8 = "int8" in name
+        if isinstance(old[name][0], list):  # classifier probabilities, one row per crop
+            a, b, x = np.array(old[name]), np.array(same_kernels[name]), np.array(xnnpack[name])
+            largest, agreement = float(np.abs(a - b).max()), float((a.argmax(1) == x.argmax(1)).mean())
+            print(
+                f"{name}: largest difference {largest:.2g} with the same kernels; against XNNPACK "
+                f"top-1 agreement {agreement:.4f} of {len(a)}, largest difference {np.abs(a - x).max():.4f}"
+            )
+            if largest > (0.0 if int8 else 1e-4) or (a.argmax(1) != b.argmax(1)).any():
+                problems.append(f"{name}: differs from ai-edge-litert's built-in kernels by {largest:.3g}")
+            if agreement < (XNNPACK_BOUNDS["classifier"] if int8 else 1.0):
+                problems.append(f"{name}: top-1 agreement with XNNPACK {agreement:.4f}")
+            continue
+        if int8 and old[name] != same_kernels[name]:
+            problems.append(f"{name}: int8 detections differ from ai-edge-litert's built-in kernels")
+        matched, confident, worst = _detections_matched(old[name], same_kernels[name])
+        if matched < confident:
+            problems.append(f"{name}: {matched} of {confident} confident detections at IoU 0.9")
+        matched, confident, worst = _detections_matched(old[name], xnnpack[name])
+        print(
+            f"{name}: against XNNPACK {matched} of {confident} confident detections at IoU 0.9, "
+            f"worst {worst:.3f}"
+        )
+        if matched < confident * (XNNPACK_BOUNDS["detector"] if int8 else 1.0):
+            problems.append(f"{name}: {matched} of {confident} confident detections match XNNPACK's")
+    assert not problems, problems
