@@ -99,6 +99,18 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "--weak-weight", type=float, default=1.0, help="loss weight of a weakly labelled image"
     )
     train.add_argument(
+        "--teacher",
+        type=Path,
+        help="classifier: distil this .keras model's 8-rotation mean probabilities into the trained "
+        "model (soft targets; e.g. the --from model, to carry its rotation ensemble into one view)",
+    )
+    train.add_argument(
+        "--teacher-weight",
+        type=float,
+        default=0.5,
+        help="share of the loss on the teacher's soft targets (the rest on the labels)",
+    )
+    train.add_argument(
         "--strategy",
         choices=("default", "mirrored", "multiworker"),
         default="default",
@@ -223,6 +235,15 @@ def run_train(args: argparse.Namespace) -> int:
             raise GalaxyEdgeError(f"{args.initial}: no such model")
         with strategy.scope():
             initial = keras.models.load_model(args.initial)
+    teacher = None
+    if args.teacher:
+        import keras
+
+        if not args.teacher.is_file():
+            raise GalaxyEdgeError(f"{args.teacher}: no such teacher model")
+        if not 0.0 < args.teacher_weight <= 1.0:
+            raise GalaxyEdgeError(f"--teacher-weight {args.teacher_weight}: give a share in (0, 1]")
+        teacher = keras.models.load_model(args.teacher, compile=False)
     settings = TrainSettings(
         epochs=args.epochs or 30,
         batch_size=args.batch_size or 64,
@@ -231,8 +252,11 @@ def run_train(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         strategy=args.strategy,
         weak_weight=args.weak_weight,
+        teacher=str(args.teacher or ""),
+        teacher_weight=args.teacher_weight if args.teacher else 0.0,
     )
-    model = train_classifier(train, validation, config, settings, args.out, initial, _weak_set(args, dataset))
+    weak = _weak_set(args, dataset)
+    model = train_classifier(train, validation, config, settings, args.out, initial, weak, teacher)
     metrics = classification_metrics(predict(model, test.images), test.labels, dataset.scheme)
     summary_path = output_folder(args.out, args.strategy) / "classifier.json"
     summary = json.loads(summary_path.read_text())

@@ -29,6 +29,8 @@ class TrainSettings:
     strategy: str = "default"  # default | mirrored (all local devices) | multiworker (TF_CONFIG)
     weak_weight: float = 1.0  # loss weight of a weakly labelled image relative to a labelled one
     weak_repeat: int = 4  # weakly labelled images are few: each is seen this many times per epoch
+    teacher: str = ""  # a model whose 8-view mean probabilities are soft targets (distillation)
+    teacher_weight: float = 0.0  # share of the loss on the teacher's soft targets
 
 
 @dataclass
@@ -48,6 +50,40 @@ def allowed_set_crossentropy(y_true, y_pred):
 
     allowed = ops.sum(y_true * y_pred, axis=-1)
     return -ops.log(ops.clip(allowed, 1e-7, 1.0))
+
+
+def distillation_loss(num_classes: int, teacher_weight: float):
+    """Allowed-set cross-entropy on the labels mixed with cross-entropy on a teacher's soft targets.
+    y_true is (allowed-class mask, soft target) side by side: 2 x num_classes columns."""
+    from keras import ops
+
+    def loss(y_true, y_pred):
+        mask, soft = y_true[:, :num_classes], y_true[:, num_classes:]
+        labelled = -ops.log(ops.clip(ops.sum(mask * y_pred, axis=-1), 1e-7, 1.0))
+        taught = -ops.sum(soft * ops.log(ops.clip(y_pred, 1e-7, 1.0)), axis=-1)
+        return (1.0 - teacher_weight) * labelled + teacher_weight * taught
+
+    return loss
+
+
+def label_accuracy(num_classes: int):
+    """Top-1 accuracy against the label part of (mask, soft target) pairs."""
+    from keras import ops
+
+    def accuracy(y_true, y_pred):
+        return ops.cast(ops.argmax(y_true[:, :num_classes], -1) == ops.argmax(y_pred, -1), "float32")
+
+    return accuracy
+
+
+def teacher_targets(teacher, images: np.ndarray) -> np.ndarray:
+    """The teacher's probabilities averaged over the 8 rotations and flips (its test-time rotation
+    ensemble, Dieleman et al. 2015): a target that every augmented view of the image shares, so it is
+    computed once, before training. Distilling it into one view carries part of the ensemble's
+    accuracy to the single invoke that runs on a Pi."""
+    from classification.evaluate import predict
+
+    return predict(teacher, images, rotations=True)
 
 
 def class_weights(labels: np.ndarray, num_classes: int, power: float) -> dict[int, float]:
@@ -153,10 +189,16 @@ def distribution_strategy(name: str):
 
 
 def weak_datasets(
-    train: ImageSet, validation: ImageSet, weak: WeakSet | None, num_classes: int, settings: TrainSettings
+    train: ImageSet,
+    validation: ImageSet,
+    weak: WeakSet | None,
+    num_classes: int,
+    settings: TrainSettings,
+    teacher=None,
 ):
     """Training data of labelled and weakly labelled images as allowed-class masks (one-hot
-    for the labelled ones), and the validation data (labelled only) likewise."""
+    for the labelled ones), and the validation data (labelled only) likewise. With a teacher,
+    each mask is followed by the teacher's soft target (validation: the one-hot label again)."""
     if weak is None:
         weak = WeakSet(train.images[:0], np.zeros((0, num_classes), np.float32), "")
     weights = class_weights(train.labels, num_classes, settings.class_weight_power)
@@ -164,6 +206,13 @@ def weak_datasets(
     repeat = max(1, settings.weak_repeat)
     images = np.concatenate([train.images, *([weak.images] * repeat)])
     masks = np.concatenate([eye[train.labels], *([weak.allowed.astype(np.float32)] * repeat)])
+    validation_targets = eye[validation.labels]
+    if teacher is not None:
+        soft = [teacher_targets(teacher, train.images)]
+        if len(weak.images):
+            soft += [teacher_targets(teacher, weak.images)] * repeat
+        masks = np.concatenate([masks, np.concatenate(soft)], axis=1)
+        validation_targets = np.concatenate([validation_targets, validation_targets], axis=1)
     labelled_weights = np.array([weights[int(y)] for y in train.labels], np.float32)
     if not settings.class_weight_power:
         labelled_weights[:] = 1.0
@@ -179,7 +228,7 @@ def weak_datasets(
         whole_batches=settings.strategy != "default",
         sample_weights=sample_weights,
     )
-    validation_data = make_dataset(validation.images, eye[validation.labels], 256, settings.seed, False)
+    validation_data = make_dataset(validation.images, validation_targets, 256, settings.seed, False)
     return train_data, validation_data, weights
 
 
@@ -202,13 +251,20 @@ def train_classifier(
     out: Path | str,
     initial_model=None,
     weak: WeakSet | None = None,
+    teacher=None,
 ):
     """Train and save the best model (by validation accuracy) as out/classifier.keras with
     out/classifier.json (hyperparameters, data summary, history). Returns the model.
 
     weak: weakly labelled images (real GZ2 spiral / not spiral) trained alongside, with the
-    allowed-set cross-entropy."""
+    allowed-set cross-entropy. teacher: a model whose 8-view mean probabilities are soft targets
+    weighted by settings.teacher_weight (self-distillation of the rotation ensemble)."""
     import keras
+
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    if teacher is not None and settings.strategy == "multiworker":
+        raise GalaxyEdgeError("a teacher (distillation) is not supported with --strategy multiworker")
 
     strategy = distribution_strategy(settings.strategy)  # first: multi-worker needs a fresh runtime
     keras.utils.set_random_seed(settings.seed)
@@ -228,7 +284,16 @@ def train_classifier(
             strategy, model, train_data, validation_data, config.learning_rate, settings, best
         )
         return _finish(model, train, validation, config, settings, weak, weights, history, started, best)
-    if weak is not None:
+    if teacher is not None:
+        train_data, validation_data, weights = weak_datasets(
+            train, validation, weak, config.num_classes, settings, teacher
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss=distillation_loss(config.num_classes, settings.teacher_weight),
+            metrics=[label_accuracy(config.num_classes)],  # named "accuracy", as the callbacks expect
+        )
+    elif weak is not None:
         train_data, validation_data, weights = weak_datasets(
             train, validation, weak, config.num_classes, settings
         )
@@ -242,9 +307,9 @@ def train_classifier(
             train, validation, config.num_classes, settings
         )
     callbacks = [
-        keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", save_best_only=True),
+        keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", mode="max", save_best_only=True),
         keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", patience=settings.patience, restore_best_weights=True
+            monitor="val_accuracy", mode="max", patience=settings.patience, restore_best_weights=True
         ),
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=0.5, patience=max(2, settings.patience // 2)

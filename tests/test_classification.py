@@ -239,6 +239,49 @@ def test_small_training_run_learns_and_cli_reports(tmp_path: Path, run_cli) -> N
     assert abs(int8["data_rotations"]["accuracy"] - report["data_rotations"]["accuracy"]) <= 0.05
     code, _, err = run_cli(*evaluate_int8, "--gradcam", "2", "--out", tmp_path / "e")
     assert code != 0 and "--gradcam needs the .keras model" in err
+    # A distillation phase: the trained model teaches itself its rotation ensemble.
+    run = tmp_path / "run"
+    distil = ("train", "--classifier", "--data", data, "--size", "32", "--batch-size", "16", "--epochs", "2")
+    distil += ("--config", run / "classifier.json", "--from", run / "classifier.keras")
+    code, out, err = run_cli(*distil, "--teacher", run / "classifier.keras", "--out", tmp_path / "taught")
+    assert code == 0, err
+    taught = json.loads((tmp_path / "taught" / "classifier.json").read_text())
+    assert taught["settings"]["teacher_weight"] == 0.5 and taught["best_val_accuracy"] >= 0.7
+    code, _, err = run_cli(*distil, "--teacher", tmp_path / "none.keras", "--out", tmp_path / "t2")
+    assert code != 0 and "none.keras: no such teacher model" in err
+
+
+def test_distillation_loss_mixes_label_and_teacher_cross_entropy() -> None:
+    from classification.train import allowed_set_crossentropy, distillation_loss, label_accuracy
+
+    predicted = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], np.float32)
+    masks = np.array([[1, 0, 0], [0, 1, 1]], np.float32)  # a label, and a weak label (class 1 or 2)
+    soft = np.array([[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    targets = np.concatenate([masks, soft], axis=1)
+    labelled = -np.log([0.7, 0.9])
+    taught = -np.array([0.5 * np.log(0.7) + 0.5 * np.log(0.2), np.log(0.6)])
+    np.testing.assert_allclose(np.asarray(allowed_set_crossentropy(masks, predicted)), labelled, rtol=1e-5)
+    for weight in (0.0, 0.3, 1.0):
+        loss = np.asarray(distillation_loss(3, weight)(targets, predicted))
+        np.testing.assert_allclose(loss, (1 - weight) * labelled + weight * taught, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(label_accuracy(3)(targets, predicted)), [1.0, 0.0])
+
+
+def test_teacher_targets_are_the_same_for_every_rotation_and_flip() -> None:
+    from classification.model import CNNConfig, build_cnn
+    from classification.train import teacher_targets
+
+    model = build_cnn(CNNConfig(input_size=16, num_classes=4, filters=[4], kernel_sizes=[3], dense_units=0))
+    images = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3)).astype(np.uint8)
+    targets = teacher_targets(model, images)
+    single = model.predict(images, verbose=0)
+    assert np.abs(targets - single).max() > 1e-4  # an untrained CNN is not rotation invariant
+    for view in (
+        np.rot90(images, 1, axes=(1, 2)),
+        images[:, :, ::-1],
+        np.rot90(images[:, ::-1], 3, axes=(1, 2)),
+    ):
+        np.testing.assert_allclose(teacher_targets(model, np.ascontiguousarray(view)), targets, atol=1e-5)
 
 
 @pytest.mark.slow
