@@ -161,6 +161,15 @@ def write_report(report: dict, json_path: Path) -> tuple[Path, Path]:
             f"{parity['accuracy_drop_points']:.2f} points.",
             "",
         ]
+        if parity.get("per_class"):
+            lines += ["| class | images | float32 recall | int8 recall | change |", "|---|---|---|---|---|"]
+            for name, row in parity["per_class"].items():
+                change = 100 * (row["int8_recall"] - row["float_recall"])
+                lines.append(
+                    f"| {name} | {row['count']} | {row['float_recall']:.4f} | {row['int8_recall']:.4f} | "
+                    f"{change:+.2f} points |"
+                )
+            lines.append("")
     readiness = report.get("edgetpu")
     if readiness:
         lines += [

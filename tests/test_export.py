@@ -62,7 +62,14 @@ def test_int8_model_card_runtime_and_reports(small_cnn, tmp_path: Path) -> None:
     _json_path, markdown = write_report(
         {"model": str(path), "parity": parity, "edgetpu": readiness}, tmp_path / "report.json"
     )
-    assert "Top-1 agreement" in markdown.read_text() and "edgetpu_compiler" in markdown.read_text()
+    text = markdown.read_text()
+    assert "Top-1 agreement" in text and "edgetpu_compiler" in text
+    # One row per class present, with its recall change in points.
+    rows = [line for line in text.splitlines() if line.endswith(" points |")]
+    assert len(rows) == len(parity["per_class"]) > 0
+    name, row = next(iter(parity["per_class"].items()))
+    change = 100 * (row["int8_recall"] - row["float_recall"])
+    assert rows[0].startswith(f"| {name} | {row['count']} |") and f"{change:+.2f} points" in rows[0]
 
 
 def test_float_model_is_not_edgetpu_ready(small_cnn, tmp_path: Path) -> None:
