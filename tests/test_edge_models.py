@@ -33,6 +33,25 @@ def test_input_quantization_matches_the_tensor_parameters(tiny_models) -> None:
     assert tensor.dtype == np.int8 and np.array_equal(tensor[0], expected)
 
 
+SHIPPED_DETECTOR = Path(__file__).resolve().parent.parent / "models" / "galaxy_detector_int8.tflite"
+
+
+@pytest.mark.skipif(not SHIPPED_DETECTOR.exists(), reason="no shipped detector")
+@pytest.mark.parametrize("color_order", ["RGB", "BGR"])
+def test_raw_pixel_int8_input_is_the_pixels_less_128(color_order: str) -> None:
+    """The shipped models take raw pixels at scale 1, zero point -128: the XOR fast path gives the
+    lookup table's tensor exactly, in either channel order."""
+    detector = Detector(SHIPPED_DETECTOR)
+    detector.card.color_order = color_order
+    frame = np.random.default_rng(1).integers(0, 256, (detector.height, detector.width, 3), dtype=np.uint8)
+    assert detector.input_is_shifted_pixels
+    fast = detector.preprocess(frame)
+    channels = frame[..., ::-1] if color_order == "RGB" else frame
+    assert np.array_equal(fast[0], (channels.astype(np.int16) - 128).astype(np.int8))
+    detector.input_is_shifted_pixels = False
+    assert np.array_equal(detector.preprocess(frame), fast)
+
+
 def test_detector_finds_a_blob_where_it_is(tiny_models) -> None:
     detector = Detector(tiny_models["detector"])
     found = detector.detect_image(blob_frame(64, 64, [(40, 16, (255, 255, 255))]))
