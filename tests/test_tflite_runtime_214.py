@@ -10,7 +10,6 @@ cannot reach a package index the test is skipped saying why.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.test_pi_userland import _detections_matched
+from tests.test_pi_userland import _detections_matched, _model_outputs
 
 VENV = REPO / ".cache" / "tflite-runtime-2.14"
 # Raspberry Pi OS Bookworm's combination; OpenCV as in the emulated Pi userland.
@@ -52,20 +51,6 @@ def runtime_214_python() -> Path:
     return python
 
 
-def _outputs(python: Path | str, kernels: str) -> dict:
-    result = subprocess.run(
-        [str(python), "-m", "tests.model_outputs", str(REPO / "models"), str(REPO / "samples"), kernels],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return json.loads(result.stdout)
-
-
 def test_the_venv_runs_the_edge_runtime_on_tflite_runtime_2_14(runtime_214_python: Path) -> None:
     code = "import numpy, tflite_runtime, edge.interpreter as e\n"
     code += "print(e.runtime_name(e.interpreter_module()), tflite_runtime.__version__, numpy.__version__)"
@@ -88,8 +73,9 @@ def test_shipped_models_give_the_same_outputs_under_tflite_runtime_2_14(runtime_
     outputs are ai-edge-litert's bit for bit, float32 ones to float rounding; against ai-edge-litert's
     default XNNPACK kernels, the same top-1 class for 99% of crops and the measured share of the
     confident detections at IoU 0.9."""
-    old = _outputs(runtime_214_python, "default")  # a Pi OS user's settings
-    same_kernels, xnnpack = _outputs(sys.executable, "builtin"), _outputs(sys.executable, "default")
+    old = _model_outputs(runtime_214_python, "default")  # a Pi OS user's settings
+    same_kernels = _model_outputs(Path(sys.executable), "builtin")
+    xnnpack = _model_outputs(Path(sys.executable), "default")
     assert sorted(old) == sorted(same_kernels) == [p.name for p in SHIPPED]
     problems = []
     for name in old:
