@@ -74,11 +74,12 @@ def frames(tmp_path_factory) -> Path:
     return folder
 
 
-def test_runtime_picks_tflite_runtime_with_numpy_1(pi_python: Path) -> None:
-    code = "import numpy, edge.interpreter as e\nmodule = e.interpreter_module()\n"
-    code += "print(e.runtime_name(module), numpy.__version__)"
+def runtime_versions(python: Path) -> tuple[str, str, str]:
+    """(the runtime edge.interpreter picks, tflite_runtime's version, numpy's version) under `python`."""
+    code = "import numpy, tflite_runtime, edge.interpreter as e\nmodule = e.interpreter_module()\n"
+    code += "print(e.runtime_name(module), tflite_runtime.__version__, numpy.__version__)"
     result = subprocess.run(
-        [str(pi_python), "-c", code],
+        [str(python), "-c", code],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -87,8 +88,13 @@ def test_runtime_picks_tflite_runtime_with_numpy_1(pi_python: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    runtime, numpy_version = result.stdout.split()
-    assert runtime == "tflite_runtime" and numpy_version.startswith("1.")
+    runtime, version, numpy_version = result.stdout.split()
+    return runtime, version, numpy_version
+
+
+def test_runtime_picks_tflite_runtime_with_numpy_1(pi_python: Path) -> None:
+    runtime, version, numpy_version = runtime_versions(pi_python)
+    assert runtime == "tflite_runtime" and version == "2.14.0" and numpy_version.startswith("1.")
 
 
 def test_detect_and_classify_agree_with_x86(pi_python: Path, tiny_models, frames: Path) -> None:

@@ -10,7 +10,6 @@ cannot reach a package index the test is skipped saying why.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.test_pi_userland import _detections_matched, _model_outputs
+from tests.test_pi_userland import _detections_matched, _model_outputs, runtime_versions
 
 VENV = REPO / ".cache" / "tflite-runtime-2.14"
 # Raspberry Pi OS Bookworm's combination; OpenCV as in the emulated Pi userland.
@@ -52,19 +51,7 @@ def runtime_214_python() -> Path:
 
 
 def test_the_venv_runs_the_edge_runtime_on_tflite_runtime_2_14(runtime_214_python: Path) -> None:
-    code = "import numpy, tflite_runtime, edge.interpreter as e\n"
-    code += "print(e.runtime_name(e.interpreter_module()), tflite_runtime.__version__, numpy.__version__)"
-    result = subprocess.run(
-        [str(runtime_214_python), "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["tflite_runtime", "2.14.0", "1.26.4"]
+    assert runtime_versions(runtime_214_python) == ("tflite_runtime", "2.14.0", "1.26.4")
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped models in models/")
