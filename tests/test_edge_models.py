@@ -173,3 +173,32 @@ def test_builtin_kernels_load_and_bad_kernels_are_refused(tiny_models) -> None:
     assert builtin.shape == default.shape and np.abs(builtin - default).max() < 0.05
     with pytest.raises(GalaxyEdgeError, match="unknown kernels 'fast'"):
         Classifier(tiny_models["classifier"], kernels="fast")
+
+
+def test_layer_comparison_names_the_op_where_kernels_part(tmp_path: Path, capsys) -> None:
+    """tests.layer_outputs compare: an op whose output differs on identical inputs is listed, a stale
+    in-place copy that no consumer inherits is not, and outputs report their largest difference."""
+    from tests.layer_outputs import compare
+
+    graph = {
+        "ops": [
+            {"op": "MUL", "inputs": [0], "outputs": [1]},  # its saved output is overwritten in place
+            {"op": "ADD", "inputs": [1], "outputs": [2]},
+            {"op": "CONV_2D", "inputs": [2], "outputs": [3]},  # the kernels disagree here
+            {"op": "RESHAPE", "inputs": [3], "outputs": [4]},
+        ],
+        "outputs": [4],
+        "runtime": "test",
+    }
+    same = np.arange(6, dtype=np.int8)
+    a = {"0": same, "1": same, "2": same, "3": same, "4": same}
+    b = dict(
+        a, **{"1": same + 5, "3": same + np.int8([0, 0, 1, 0, 0, 0]), "4": same + np.int8([0, 0, 1, 0, 0, 2])}
+    )
+    for name, tensors in (("a", a), ("b", b)):
+        np.savez(tmp_path / f"{name}.npz", __graph__=np.array(json.dumps(graph)), **tensors)
+    compare(str(tmp_path / "a.npz"), str(tmp_path / "b.npz"))
+    printed = capsys.readouterr().out
+    assert "op 2 CONV_2D: identical inputs, output differs by up to 1 in 16.67% of its values" in printed
+    assert "MUL" not in printed and "RESHAPE" not in printed
+    assert "output tensor 4 (6,): largest difference 2" in printed
