@@ -127,15 +127,18 @@ def make_dataset(
     weights=None,
     whole_batches=False,
     sample_weights: np.ndarray | None = None,
+    shuffle: bool = False,
 ):
-    """labels: class indices, or (N, classes) allowed-class masks with sample_weights given."""
+    """labels: class indices, or (N, classes) allowed-class masks with sample_weights given.
+    shuffle: a new order every epoch (training data, augmented or not: weakly labelled images are
+    appended after the labelled ones, and unshuffled batches of them alone skew batch norm)."""
     import tensorflow as tf
 
     if sample_weights is None and weights:
         sample_weights = np.array([weights[int(y)] for y in labels], np.float32)
     tensors = (images, labels) if sample_weights is None else (images, labels, sample_weights)
     dataset = tf.data.Dataset.from_tensor_slices(tensors)
-    if augment:
+    if shuffle:
         dataset = dataset.shuffle(min(len(labels), 20_000), seed=seed, reshuffle_each_iteration=True)
     # Replicas of a distributed run must see equal batches: the ragged last one is dropped.
     dataset = dataset.batch(batch, drop_remainder=whole_batches)
@@ -163,6 +166,7 @@ def training_datasets(train: ImageSet, validation: ImageSet, num_classes: int, s
         settings.augment,
         weights if settings.class_weight_power else None,
         whole_batches=whole,
+        shuffle=True,
     )
     validation_batch = min(256, settings.batch_size) if whole else 256
     validation_data = make_dataset(
@@ -227,6 +231,7 @@ def weak_datasets(
         settings.augment,
         whole_batches=settings.strategy != "default",
         sample_weights=sample_weights,
+        shuffle=True,
     )
     validation_data = make_dataset(validation.images, validation_targets, 256, settings.seed, False)
     return train_data, validation_data, weights

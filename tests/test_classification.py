@@ -467,3 +467,19 @@ def test_augmentation_mirrors_and_rotates() -> None:
         tuple(np.argwhere(flip(image, training=True).numpy()[0, :, :, 0] == 1)[0]) for _ in range(100)
     }
     assert positions == {(1, 3), (1, 5)}  # itself and its mirror image, not a half turn
+
+
+def test_training_data_is_shuffled_with_or_without_augmentation() -> None:
+    """--no-augment once also dropped the shuffle: the weakly labelled images, appended after the
+    labelled ones, then came in batches of their own at the end of every epoch."""
+    from classification.train import make_dataset
+
+    images = np.zeros((200, 4, 4, 3), np.uint8)
+    labels = np.arange(200)
+    for augment in (False, True):
+        order = np.concatenate(
+            [y.numpy() for _, y in make_dataset(images, labels, 20, 0, augment, shuffle=True)]
+        )
+        assert sorted(order) == list(labels) and not np.array_equal(order, labels)
+    kept = np.concatenate([y.numpy() for _, y in make_dataset(images, labels, 20, 0, False)])
+    np.testing.assert_array_equal(kept, labels)  # validation data keeps its order
