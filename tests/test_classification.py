@@ -242,7 +242,8 @@ def test_small_training_run_learns_and_cli_reports(tmp_path: Path, run_cli) -> N
     # A distillation phase: the trained model teaches itself its rotation ensemble.
     run = tmp_path / "run"
     distil = ("train", "--classifier", "--data", data, "--size", "32", "--batch-size", "16", "--epochs", "2")
-    distil += ("--config", run / "classifier.json", "--from", run / "classifier.keras")
+    distil += ("--config", run / "classifier.json", "--from", run / "classifier.keras", "--no-augment")
+    distil += ("--learning-rate", "3e-4")  # a fine phase: a tenth of the first phase's rate
     code, out, err = run_cli(*distil, "--teacher", run / "classifier.keras", "--out", tmp_path / "taught")
     assert code == 0, err
     taught = json.loads((tmp_path / "taught" / "classifier.json").read_text())
