@@ -15,13 +15,13 @@ if [ "$QUICK" = 1 ]; then
     OUT=${OUT:-runs/quick}
     MODELS=${MODELS:-$OUT/models}
     STAMPS=600 TEST_STAMPS=200 TRIALS=2 TUNE_EPOCHS=1 CLASSIFIER_EPOCHS=2 CLASSIFIER_FINE_EPOCHS=1
-    CLASSIFIER_FINAL_EPOCHS=1
+    CLASSIFIER_FINAL_EPOCHS=1 CLASSIFIER_CLEAN_EPOCHS=1
     FRAMES=12 TEST_FRAMES=4 FRAME_SIZE=640x480 DETECTOR_EPOCHS=2 STEPS=5 PARITY=200
 else
     OUT=${OUT:-runs/make_train}
     MODELS=${MODELS:-models}
     STAMPS=20000 TEST_STAMPS=3000 TRIALS=12 TUNE_EPOCHS=4 CLASSIFIER_EPOCHS=20 CLASSIFIER_FINE_EPOCHS=12
-    CLASSIFIER_FINAL_EPOCHS=16
+    CLASSIFIER_FINAL_EPOCHS=16 CLASSIFIER_CLEAN_EPOCHS=10
     FRAMES=360 TEST_FRAMES=40 FRAME_SIZE=1280x720 DETECTOR_EPOCHS=70 STEPS=100 PARITY=3000
 fi
 DATA=$OUT/data
@@ -54,7 +54,11 @@ $CLI train --classifier --data "$TRAIN_H5" --config "$OUT/classifier_coarse/clas
 step "classifier, third phase: 2e-4, lowered on plateaus"
 $CLI train --classifier --data "$TRAIN_H5" --config "$OUT/classifier_mid/classifier.json" --gz2-weak \
     --from "$OUT/classifier_mid/classifier.keras" --learning-rate 2e-4 --epochs "$CLASSIFIER_FINAL_EPOCHS" \
-    --out "$OUT/classifier"
+    --out "$OUT/classifier_late"
+step "classifier, fourth phase: 1e-4 on the clean stamps (no augmentation), as YOLOX ends its training"
+$CLI train --classifier --data "$TRAIN_H5" --config "$OUT/classifier_late/classifier.json" --gz2-weak \
+    --from "$OUT/classifier_late/classifier.keras" --learning-rate 1e-4 --epochs "$CLASSIFIER_CLEAN_EPOCHS" \
+    --no-augment --out "$OUT/classifier"
 $CLI evaluate --classifier --model "$OUT/classifier/classifier.keras" --data "$TEST_H5" --gz2 --rotations \
     --out "$OUT/classifier/eval"
 
