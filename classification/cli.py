@@ -111,6 +111,13 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         help="share of the loss on the teacher's soft targets (the rest on the labels)",
     )
     train.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="classifier: keep an exponential moving average of the weights with this momentum "
+        "(e.g. 0.999) and validate and save the averaged model (Polyak averaging)",
+    )
+    train.add_argument(
         "--strategy",
         choices=("default", "mirrored", "multiworker"),
         default="default",
@@ -254,6 +261,7 @@ def run_train(args: argparse.Namespace) -> int:
         weak_weight=args.weak_weight,
         teacher=str(args.teacher or ""),
         teacher_weight=args.teacher_weight if args.teacher else 0.0,
+        ema=args.ema,
     )
     weak = _weak_set(args, dataset)
     model = train_classifier(train, validation, config, settings, args.out, initial, weak, teacher)

@@ -31,6 +31,7 @@ class TrainSettings:
     weak_repeat: int = 4  # weakly labelled images are few: each is seen this many times per epoch
     teacher: str = ""  # a model whose 8-view mean probabilities are soft targets (distillation)
     teacher_weight: float = 0.0  # share of the loss on the teacher's soft targets
+    ema: float = 0.0  # momentum of an exponential moving average of the weights (0: off)
 
 
 @dataclass
@@ -270,6 +271,10 @@ def train_classifier(
 
     if teacher is not None and settings.strategy == "multiworker":
         raise GalaxyEdgeError("a teacher (distillation) is not supported with --strategy multiworker")
+    if settings.ema and settings.strategy == "multiworker":
+        raise GalaxyEdgeError("--ema is not supported with --strategy multiworker")
+    if not 0.0 <= settings.ema < 1.0:
+        raise GalaxyEdgeError(f"--ema {settings.ema}: give a momentum in [0, 1), e.g. 0.999")
 
     strategy = distribution_strategy(settings.strategy)  # first: multi-worker needs a fresh runtime
     keras.utils.set_random_seed(settings.seed)
@@ -294,7 +299,7 @@ def train_classifier(
             train, validation, weak, config.num_classes, settings, teacher
         )
         model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
+            optimizer=_optimizer(config, settings),
             loss=distillation_loss(config.num_classes, settings.teacher_weight),
             metrics=[label_accuracy(config.num_classes)],  # named "accuracy", as the callbacks expect
         )
@@ -303,7 +308,7 @@ def train_classifier(
             train, validation, weak, config.num_classes, settings
         )
         model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
+            optimizer=_optimizer(config, settings),
             loss=allowed_set_crossentropy,
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
         )
@@ -311,7 +316,18 @@ def train_classifier(
         train_data, validation_data, weights = training_datasets(
             train, validation, config.num_classes, settings
         )
+        # Compiled here too (not only by build_cnn): a --from model would otherwise keep the
+        # optimizer it was saved with, ignoring --learning-rate and --ema.
+        model.compile(
+            optimizer=_optimizer(config, settings),
+            loss=keras.losses.SparseCategoricalCrossentropy(),
+            metrics=["accuracy"],
+        )
+    # With EMA, the averaged weights are swapped in for validation and for the checkpoint, so the
+    # best epoch is chosen, and saved, by the averaged model (it must come before ModelCheckpoint).
+    ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if settings.ema else []
     callbacks = [
+        *ema,
         keras.callbacks.ModelCheckpoint(best, monitor="val_accuracy", mode="max", save_best_only=True),
         keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=settings.patience, restore_best_weights=True
@@ -329,6 +345,16 @@ def train_classifier(
         verbose=settings.verbose,
     ).history
     return _finish(model, train, validation, config, settings, weak, weights, history, started, best)
+
+
+def _optimizer(config: CNNConfig, settings: TrainSettings):
+    """Adam at the configuration's learning rate, with Polyak averaging of the weights when
+    settings.ema is set (Keras' own use_ema; SwapEMAWeights evaluates and saves the average)."""
+    import keras
+
+    if settings.ema:
+        return keras.optimizers.Adam(config.learning_rate, use_ema=True, ema_momentum=settings.ema)
+    return keras.optimizers.Adam(config.learning_rate)
 
 
 def _finish(model, train, validation, config, settings, weak, weights, history, started, best: Path):

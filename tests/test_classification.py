@@ -484,3 +484,43 @@ def test_training_data_is_shuffled_with_or_without_augmentation() -> None:
         assert sorted(order) == list(labels) and not np.array_equal(order, labels)
     kept = np.concatenate([y.numpy() for _, y in make_dataset(images, labels, 20, 0, False)])
     np.testing.assert_array_equal(kept, labels)  # validation data keeps its order
+
+
+def _trainable_change(initial_weights: list[np.ndarray], model) -> float:
+    return max(
+        float(np.abs(a - b.numpy()).max())
+        for a, b in zip(initial_weights, model.trainable_weights, strict=True)
+    )
+
+
+def test_from_model_uses_the_given_learning_rate_and_ema_saves_the_average(tmp_path: Path) -> None:
+    from classification.data import ImageSet
+    from classification.train import TrainSettings, train_classifier
+
+    rng = np.random.default_rng(0)
+    data = ImageSet(
+        rng.integers(0, 255, (40, 24, 24, 3), dtype=np.uint8), np.arange(40) % 10, "decals", "random"
+    )
+
+    def run(learning_rate: float, ema: float, folder: str) -> float:
+        # The --from model was compiled with a much larger learning rate than the one asked for.
+        initial = build_cnn(
+            CNNConfig(input_size=24, filters=[8], kernel_sizes=[3], dense_units=0, learning_rate=0.5)
+        )
+        before = [w.numpy().copy() for w in initial.trainable_weights]
+        config = CNNConfig(
+            input_size=24, filters=[8], kernel_sizes=[3], dense_units=0, learning_rate=learning_rate
+        )
+        settings = TrainSettings(epochs=1, batch_size=8, augment=False, verbose=0, ema=ema, patience=1)
+        model = train_classifier(data, data, config, settings, tmp_path / folder, initial_model=initial)
+        return _trainable_change(before, model)
+
+    lr = 0.01
+    assert run(0.0, 0.0, "zero") == 0.0  # the asked-for rate, not the saved model's 0.5
+    # Adam moves a weight by at most about the learning rate per step: five steps move some by
+    # more than 1.5 steps' worth; with an average of momentum ~1 the saved model is the one
+    # after the first step (the average starts from it), within one step of the start.
+    assert run(lr, 0.0, "raw") > 1.5 * lr
+    assert run(lr, 0.999999, "ema") <= 1.01 * lr
+    with pytest.raises(GalaxyEdgeError, match=r"--ema 1\.0"):
+        run(lr, 1.0, "bad")
