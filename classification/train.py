@@ -298,31 +298,23 @@ def train_classifier(
         train_data, validation_data, weights = weak_datasets(
             train, validation, weak, config.num_classes, settings, teacher
         )
-        model.compile(
-            optimizer=_optimizer(config, settings),
-            loss=distillation_loss(config.num_classes, settings.teacher_weight),
-            metrics=[label_accuracy(config.num_classes)],  # named "accuracy", as the callbacks expect
-        )
+        loss = distillation_loss(config.num_classes, settings.teacher_weight)
+        metrics = [label_accuracy(config.num_classes)]  # named "accuracy", as the callbacks expect
     elif weak is not None:
         train_data, validation_data, weights = weak_datasets(
             train, validation, weak, config.num_classes, settings
         )
-        model.compile(
-            optimizer=_optimizer(config, settings),
-            loss=allowed_set_crossentropy,
-            metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        )
+        loss, metrics = allowed_set_crossentropy, [keras.metrics.CategoricalAccuracy(name="accuracy")]
     else:
         train_data, validation_data, weights = training_datasets(
             train, validation, config.num_classes, settings
         )
-        # Compiled here too (not only by build_cnn): a --from model would otherwise keep the
-        # optimizer it was saved with, ignoring --learning-rate and --ema.
-        model.compile(
-            optimizer=_optimizer(config, settings),
-            loss=keras.losses.SparseCategoricalCrossentropy(),
-            metrics=["accuracy"],
-        )
+        loss, metrics = keras.losses.SparseCategoricalCrossentropy(), ["accuracy"]
+    # Compiled here in every case (not only by build_cnn): a --from model would otherwise keep the
+    # optimizer it was saved with, ignoring --learning-rate and --ema. Under the strategy's scope, where
+    # the model was built, so that the optimizer's variables are mirrored like the model's.
+    with strategy.scope():
+        model.compile(optimizer=_optimizer(config, settings), loss=loss, metrics=metrics)
     # With EMA, the averaged weights are swapped in for validation and for the checkpoint, so the
     # best epoch is chosen, and saved, by the averaged model (it must come before ModelCheckpoint).
     ema = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if settings.ema else []

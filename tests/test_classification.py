@@ -339,6 +339,14 @@ def test_mirrored_strategy_trains_and_saves(tmp_path: Path) -> None:
     settings = TrainSettings(epochs=1, batch_size=8, augment=False, verbose=0, strategy="mirrored")
     model = train_classifier(data, data, config, settings, tmp_path)
     assert (tmp_path / "classifier.keras").is_file() and model.count_params() == count_parameters(config)
+    # With weakly labelled images too (compiled under the strategy's scope like the model).
+    from classification.train import WeakSet
+
+    allowed = np.zeros((8, 10), np.float32)
+    allowed[:, 5:8] = 1  # "one of the spiral classes"
+    weak = WeakSet(data.images[:8], allowed, "random")
+    train_classifier(data, data, config, settings, tmp_path / "weak", weak=weak)
+    assert (tmp_path / "weak" / "classifier.keras").is_file()
 
 
 def test_multiworker_without_tf_config_is_a_clear_error(monkeypatch) -> None:
