@@ -8,6 +8,10 @@ import numpy as np
 from edge.models import Detections, Detector, non_max_suppression
 
 EDGE_MARGIN = 2.0  # pixels: a box this close to an inner tile border was cut by it
+# A cut box this much inside (intersection over its own area) an uncut box of the same class is a piece
+# of that object, seen whole by another tile: SAHI's default for merging slices (intersection over the
+# smaller box, 0.5). A piece's box often reaches past the object, guessed from the part it sees.
+CUT_PIECE_COVERED = 0.5
 
 
 def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
@@ -81,7 +85,7 @@ def merge_tiles(
     if len(cut_index) and len(whole):
         covered = _intersection_over_smaller(detections.boxes[cut_index], detections.boxes[whole])
         same_class = detections.class_ids[cut_index][:, None] == detections.class_ids[whole][None, :]
-        keep[cut_index[((covered >= 0.6) & same_class).any(axis=1)]] = False
+        keep[cut_index[((covered >= CUT_PIECE_COVERED) & same_class).any(axis=1)]] = False
     boxes, scores = detections.boxes.copy(), detections.scores.copy()
     pieces = cut_index[keep[cut_index]]
     for class_id in np.unique(detections.class_ids[pieces]):

@@ -8,6 +8,7 @@ import numpy as np
 
 from edge.models import Detections, Detector
 from edge.tiling import (
+    CUT_PIECE_COVERED,
     FUSE_OVERLAP,
     RollingTiles,
     _fuse_overlapping,
@@ -48,6 +49,34 @@ def test_merge_drops_cut_boxes_seen_whole_elsewhere_and_fuses_pieces() -> None:
     )
     merged = merge_tiles([(left, np.array([True])), (right, np.array([True]))], 0.5)
     assert merged.boxes.tolist() == [[50, 40, 200, 90]] and merged.scores.tolist() == [np.float32(0.8)]
+
+
+def test_a_cut_piece_reaching_past_the_whole_object_is_dropped() -> None:
+    """The case from the Hubble sample: a tile's bottom border cuts a round galaxy, and the piece's box
+    reaches above the galaxy (guessed from the half it sees). It lies 0.59 inside the whole galaxy's
+    box from the next tile: IoU 0.40, so NMS alone keeps both."""
+    whole = Detections(
+        np.array([[194.6, 490.2, 245.8, 542.2]], np.float32),
+        np.array([0.63], np.float32),
+        np.zeros(1, np.int32),
+    )
+    piece = Detections(
+        np.array([[186.6, 480.8, 252.5, 519.0]], np.float32),
+        np.array([0.51], np.float32),
+        np.zeros(1, np.int32),
+    )
+    covered = float(_intersection_over_smaller(piece.boxes, whole.boxes)[0, 0])
+    assert CUT_PIECE_COVERED <= covered < 0.6
+    merged = merge_tiles([(whole, np.array([False])), (piece, np.array([True]))], 0.5, 0.8)
+    np.testing.assert_allclose(merged.boxes, whole.boxes)
+    # A neighbour cut by the border, overlapping the whole galaxy less, stays.
+    neighbour = Detections(
+        np.array([[230.0, 500.0, 290.0, 519.0]], np.float32),
+        np.array([0.5], np.float32),
+        np.zeros(1, np.int32),
+    )
+    merged = merge_tiles([(whole, np.array([False])), (neighbour, np.array([True]))], 0.5, 0.8)
+    assert len(merged) == 2
 
 
 def test_fused_pieces_grow_until_no_union_overlaps() -> None:
