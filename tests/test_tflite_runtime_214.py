@@ -26,9 +26,10 @@ PINNED = ("tflite-runtime==2.14.0", "numpy==1.26.4", "opencv-python-headless==4.
 SHIPPED = sorted((REPO / "models").glob("*.tflite"))
 
 # Measured (shipped models, bundled samples): against ai-edge-litert with XNNPACK, the int8 classifier
-# agreed on 198 of 199 crops (a near-tie) and the int8 detector on 136 of 153 confident detections at
-# IoU 0.9 (XNNPACK's int8 arithmetic rounds differently from the built-in kernels). Lower bounds at that.
-XNNPACK_BOUNDS = {"classifier": 0.99, "detector": 0.88}
+# agreed on 198 of 199 crops (a near-tie) and the int8 detector on 169 of 193 confident detections at
+# IoU 0.9 (XNNPACK's int8 arithmetic rounds differently from the built-in kernels; the two-phase
+# detector: 136 of 153). Lower bounds at that.
+XNNPACK_BOUNDS = {"classifier": 0.99, "detector": 0.86}
 
 
 @pytest.fixture(scope="module")
