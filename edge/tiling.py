@@ -8,9 +8,9 @@ import numpy as np
 from edge.models import Detections, Detector, non_max_suppression
 
 EDGE_MARGIN = 2.0  # pixels: a box this close to an inner tile border was cut by it
-# A cut box this much inside (intersection over its own area) an uncut box of the same class is a piece
-# of that object, seen whole by another tile: SAHI's default for merging slices (intersection over the
-# smaller box, 0.5). A piece's box often reaches past the object, guessed from the part it sees.
+# A cut box that overlaps an uncut box of the same class by this much (intersection over the smaller
+# box's area) is a piece of that object, seen whole by another tile: SAHI's default for merging slices
+# (IOS 0.5). A piece's box often reaches past the object, guessed from the part it sees.
 CUT_PIECE_COVERED = 0.5
 
 
