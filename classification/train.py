@@ -60,7 +60,7 @@ def distillation_loss(num_classes: int, teacher_weight: float):
 
     def loss(y_true, y_pred):
         mask, soft = y_true[:, :num_classes], y_true[:, num_classes:]
-        labelled = -ops.log(ops.clip(ops.sum(mask * y_pred, axis=-1), 1e-7, 1.0))
+        labelled = allowed_set_crossentropy(mask, y_pred)
         taught = -ops.sum(soft * ops.log(ops.clip(y_pred, 1e-7, 1.0)), axis=-1)
         return (1.0 - teacher_weight) * labelled + teacher_weight * taught
 
