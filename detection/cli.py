@@ -32,6 +32,20 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weights", type=Path, help="local ImageNet weights file for the backbone (optional)")
     group.add_argument("--steps-per-epoch", type=int, default=200)
     group.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that augment and encode batches (a GPU run needs about a dozen; default 0: "
+        "one stream inside the training process)",
+    )
+    group.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="train for about this long: the cosine schedule's length is fitted to the measured pace "
+        "after every epoch (--epochs becomes a cap); a resumed run gets the whole budget again",
+    )
+    group.add_argument(
         "--freeze-backbone",
         action="store_true",
         help="with --from: train the heads only (a few dozen frames of a new camera)",
@@ -114,12 +128,14 @@ def run_train(args: argparse.Namespace) -> int:
     if args.weights and not args.weights.is_file():
         raise GalaxyEdgeError(f"{args.weights}: no such weights file")
     settings = DetectorTrainSettings(
-        epochs=args.epochs or 40,
+        epochs=args.epochs or (100_000 if args.time_budget else 40),
         steps_per_epoch=args.steps_per_epoch,
         batch_size=args.batch_size or 16,
         learning_rate=args.learning_rate or 2e-3,
         seed=args.seed,
         freeze_backbone=args.freeze_backbone,
+        workers=args.workers,
+        time_budget_s=args.time_budget,
     )
     train_detector(
         train_frames,

@@ -9,8 +9,13 @@ galaxy nor background), as do boxes marked difficult.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import dataclasses
+import itertools
+import multiprocessing
+import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -25,7 +30,7 @@ NEGATIVE_IOU = 0.4
 IGNORE_IOU = 0.2
 
 
-@dataclass
+@dataclasses.dataclass
 class Frame:
     path: Path
     image: np.ndarray  # RGB uint8
@@ -34,19 +39,23 @@ class Frame:
     ignore: np.ndarray  # (M,) bool: difficult
 
 
+def read_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise GalaxyEdgeError(f"{path}: cannot read the image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def load_frames(pairs: Sequence[tuple[Path, object]], labels: Sequence[str]) -> list[Frame]:
     """Frames of (image path, ImageAnnotation) pairs; boxes of other labels (stars) are background."""
     frames = []
     for image_path, annotation in pairs:
-        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise GalaxyEdgeError(f"{image_path}: cannot read the image")
         chosen = [b for b in annotation.boxes if b.name in labels]
         boxes = np.array([b.xyxy() for b in chosen], np.float32).reshape(-1, 4)
         frames.append(
             Frame(
                 Path(image_path),
-                cv2.cvtColor(image, cv2.COLOR_BGR2RGB),
+                read_rgb(image_path),
                 boxes,
                 np.array([labels.index(b.name) for b in chosen], np.int32),
                 np.array([b.difficult for b in chosen], bool),
@@ -262,6 +271,95 @@ class SampleStream:
         while True:
             image, (box_target, score_target) = self.sample(rng)
             yield image, {"boxes": box_target, "scores": score_target}
+
+
+def sample_batch(stream: SampleStream, seed: int, index: int, batch_size: int):
+    """Batch `index` of a run: a function of (seed, index) alone, so batches do not depend on
+    which process made them or how many there are. (float32 images, targets dict)"""
+    rng = np.random.default_rng([seed, index])
+    images, boxes, scores = [], [], []
+    for _ in range(batch_size):
+        image, (box_target, score_target) = stream.sample(rng)
+        images.append(image)
+        boxes.append(box_target)
+        scores.append(score_target)
+    return np.stack(images).astype(np.float32), {"boxes": np.stack(boxes), "scores": np.stack(scores)}
+
+
+_WORKER_STREAM: SampleStream | None = None  # each worker process's own stream
+
+
+def _worker_start(frames: Sequence[Frame], encoder: TargetEncoder, scale_range, augmentation: bool) -> None:
+    global _WORKER_STREAM
+    cv2.setNumThreads(1)  # one process per core already
+    loaded = [dataclasses.replace(frame, image=read_rgb(frame.path)) for frame in frames]
+    _WORKER_STREAM = SampleStream(loaded, encoder, scale_range=scale_range, augmentation=augmentation)
+
+
+def _worker_batch(task: tuple[int, int, int]):
+    seed, index, batch_size = task
+    assert _WORKER_STREAM is not None
+    return sample_batch(_WORKER_STREAM, seed, index, batch_size)
+
+
+def _worker_environment() -> dict[str, str]:
+    """The workers' Keras: the trainer's own backend, except JAX's, which would claim the GPU in
+    every worker: Keras's numpy backend there (it needs JAX installed, on the CPU)."""
+    import keras
+
+    backend = keras.backend.backend()
+    return {
+        "KERAS_BACKEND": "numpy" if backend == "jax" else backend,
+        "JAX_PLATFORMS": "cpu",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    """os.environ with `values` set, restored after: what spawned processes start with."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+class ParallelBatches:
+    """Endless training batches made by `workers` processes, in order.
+
+    Augmenting and encoding a crop costs about 10 ms of one core, so a GPU waits on one process; a
+    GPU run needs a dozen. The workers are spawned, not forked (a fork of a process running JAX or
+    OpenCV threads can deadlock) and read the frames from their files themselves (pickling a
+    gigabyte of pixels to each would take longer).
+    Written by hand: keras.utils.PyDataset pickles the whole dataset to its workers and starts a
+    new pool every epoch.
+    """
+
+    def __init__(self, stream: SampleStream, batch_size: int, workers: int, seed: int = 0) -> None:
+        self.batch_size, self.seed, self.read_ahead = batch_size, seed, 2 * workers
+        frames = [dataclasses.replace(frame, image=None) for frame in stream.frames]
+        arguments = (frames, stream.encoder, stream.scale_range, stream.augmentation)
+        with _environment(_worker_environment()):
+            context = multiprocessing.get_context("spawn")
+            self.pool = context.Pool(workers, initializer=_worker_start, initargs=arguments)
+
+    def __iter__(self) -> Iterator:
+        # Bounded read-ahead (Pool.imap would drain an endless task list into memory).
+        pending: collections.deque = collections.deque()
+        for index in itertools.count():
+            pending.append(self.pool.apply_async(_worker_batch, ((self.seed, index, self.batch_size),)))
+            if len(pending) >= self.read_ahead:
+                yield pending.popleft().get()
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.pool.join()
 
 
 def validation_tiles(frames: Sequence[Frame], encoder: TargetEncoder, per_frame: int = 4, seed: int = 1):

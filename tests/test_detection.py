@@ -3,6 +3,7 @@ contract, and a small training run through the CLI to an int8 model the runtime 
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -348,3 +349,75 @@ def test_fine_tuning_on_another_camera_beats_the_shipped_detector(tmp_path: Path
     after = map50(tmp_path / "tuned" / "detector.keras", "after")
     print(f"mAP@0.5 on the new camera: shipped {before:.3f}, fine-tuned {after:.3f}")
     assert after >= before + 0.03
+
+
+def test_time_budget_plans_epochs_from_the_pace_after_compiling() -> None:
+    from detection.train import budget_epochs, cosine_epoch_rate
+
+    # The first epoch (compiling) took 30 s, later ones 10 s: 100 s budget, 50 s spent -> 5 more.
+    assert budget_epochs([30.0, 10.0, 10.0], budget_s=100, elapsed_s=50) == 8
+    assert budget_epochs([30.0], budget_s=100, elapsed_s=30) == 3  # only the slow first one known
+    assert budget_epochs([30.0, 10.0], budget_s=30, elapsed_s=40) == 2  # over budget: stop now
+    rates = [cosine_epoch_rate(epoch, 6, peak=1e-3) for epoch in range(6)]
+    middle, half = (1e-3 + 2e-5) / 2, (1e-3 - 2e-5) / 2  # cosine from 1e-3 to the 2e-5 floor
+    expected = [
+        1e-4,
+        1e-3,
+        middle + half * np.cos(np.pi / 4),
+        middle,
+        middle - half * np.cos(np.pi / 4),
+        2e-5,
+    ]
+    np.testing.assert_allclose(rates, expected)
+    assert cosine_epoch_rate(9, 6, peak=1e-3) == pytest.approx(2e-5)  # past the plan: the floor
+
+
+def test_worker_processes_make_the_same_batches_as_one_process(tmp_path: Path) -> None:
+    from annotations.dataset import usable_pairs
+    from detection.data import ParallelBatches, SampleStream, load_frames, sample_batch
+
+    folder = _blob_dataset(tmp_path / "blobs", 4, seed=3, size=128)
+    frames = load_frames(usable_pairs(folder), ["galaxy"])
+    spec = AnchorSpec(input_size=96, strides=(8, 16, 32, 64), sizes=[[10, 14], [20, 28], [40, 56], [80, 90]])
+    stream = SampleStream(frames, TargetEncoder(spec, 1, (0.1, 0.1, 0.2, 0.2)))
+    parallel = ParallelBatches(stream, batch_size=3, workers=2, seed=5)
+    try:
+        made = [batch for batch, _ in zip(parallel, range(5), strict=False)]
+    finally:
+        parallel.close()
+    for index in (0, 4):
+        images, targets = sample_batch(stream, 5, index, 3)
+        np.testing.assert_array_equal(made[index][0], images)
+        np.testing.assert_allclose(made[index][1]["boxes"], targets["boxes"], atol=1e-5)
+        np.testing.assert_array_equal(made[index][1]["scores"], targets["scores"])
+    assert not np.array_equal(made[0][0], made[1][0])  # batches differ from one index to the next
+    assert made[0][1]["boxes"][..., 4].sum() > 0  # and hold positives
+
+
+@pytest.mark.slow
+def test_time_budgeted_training_with_workers_ends_its_cosine_and_stops(tmp_path: Path) -> None:
+    train = _blob_dataset(tmp_path / "train", 12, seed=1, size=128)
+    command = [sys.executable, "-m", "galaxy_edge", "train", "--detector", "--data", str(train)]
+    command += [
+        "--input-size",
+        "96",
+        "--steps-per-epoch",
+        "4",
+        "--batch-size",
+        "4",
+        "--learning-rate",
+        "0.002",
+    ]
+    command += ["--workers", "2", "--time-budget", "90", "--out", str(tmp_path / "run")]
+    started = time.time()
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "time budget: stopping after epoch" in result.stderr
+    rows = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
+    header, values = rows[0].split(","), [[float(v) for v in row.split(",")] for row in rows[1:]]
+    rates = [row[header.index("learning_rate")] for row in values]
+    assert len(rates) >= 3 and rates[0] == pytest.approx(2e-4) and rates[1] == pytest.approx(2e-3)
+    assert rates[-1] == pytest.approx(2e-3 * 0.02, rel=1e-3)  # the schedule ran to its end
+    assert all(a >= b for a, b in itertools.pairwise(rates[1:]))
+    assert time.time() - started < 90 + 120  # stopped near the budget, not at --epochs
+    assert (tmp_path / "run" / "detector.keras").is_file()

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The detector's GPU training phase: Keras on JAX (or PyTorch), a dozen processes making the
+# augmented batches, and a cosine schedule fitted to a wall-clock budget (--time-budget). It
+# continues from the shipped model on the same frames and split as `make train`, so the
+# checkpoint is still chosen by validation loss. TensorFlow is not needed; Keras 3.15 is.
+#
+# Environment: PY (a python with JAX and CUDA, default python3), KERAS_BACKEND (default jax),
+# DATA, FROM, OUT, BUDGET (seconds of training, default 480), WORKERS (default 14). Not yet run on a
+# GPU: checked on the CPU only, with BUDGET and the batch shrunk.
+set -euo pipefail
+
+PY=${PY:-python3}
+DATA=${DATA:-data/det_train}
+FROM=${FROM:-models/galaxy_detector.keras}
+OUT=${OUT:-runs/detector_gpu}
+export KERAS_BACKEND=${KERAS_BACKEND:-jax}
+export PYTHONUNBUFFERED=1
+
+$PY -m galaxy_edge train --detector --data "$DATA" --split 0.9,0.1,0 --from "$FROM" \
+    --batch-size 32 --learning-rate 1e-3 --steps-per-epoch 250 \
+    --workers "${WORKERS:-14}" --time-budget "${BUDGET:-480}" --out "$OUT"
