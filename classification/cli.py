@@ -165,6 +165,12 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         const="default",
         help="also run the real GZ2 spiral check (default folder ../shared/data/gz2_kaggle_1400)",
     )
+    evaluate.add_argument(
+        "--frames",
+        type=Path,
+        help="also classify the galaxies of simulated frames (a `simulate frames` folder: truth.csv), cut "
+        "as the chain cuts them: accuracy by size and S/N, and what the reject option keeps",
+    )
     evaluate.add_argument("--rotations", action="store_true", help="also report test-time rotation averaging")
     evaluate.add_argument(
         "--gradcam",
@@ -376,6 +382,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             args.out / "gradcam",
         )
         print(f"{len(saved)} Grad-CAM overlays in {args.out / 'gradcam'}")
+    if args.frames:
+        _frames_check(model, args.frames, size, scheme or "decals", report)
     if args.gz2:
         folder = DEFAULT_GZ2_DIR if args.gz2 == "default" else Path(args.gz2)
         gz2 = load_gz2(folder, size=size)
@@ -398,6 +406,25 @@ def run_evaluate(args: argparse.Namespace) -> int:
     path = write_report(report, args.out)
     print(f"report in {path}")
     return 0
+
+
+def _frames_check(model, folder: Path, size: int, scheme: str, report: dict) -> None:
+    from classification.evaluate import frame_check, frame_galaxy_crops, predict
+
+    images, names, sides, snrs = frame_galaxy_crops(folder, size)
+    check = frame_check(predict(model, images), names, sides, snrs, scheme)
+    report["frames"] = {"source": str(folder), **check}
+    kept_accuracy = "none" if check["kept_accuracy"] is None else f"{check['kept_accuracy']:.3f}"
+    print(
+        f"frame galaxies ({folder}): accuracy {check['accuracy']:.3f} on {check['count']}; the reject "
+        f"option (top probability {check['reject_threshold']}) keeps {check['kept']:.2f}, "
+        f"accuracy of those {kept_accuracy}"
+    )
+    for name, table in (("box size, px", check["by_size_px"]), ("S/N", check["by_snr"])):
+        print(
+            f"  by {name}: "
+            + ", ".join(f"{row['range']} {row['accuracy']:.2f} ({row['count']})" for row in table)
+        )
 
 
 class _Ensemble:

@@ -1,6 +1,7 @@
 """Evaluating a classifier: accuracy, per-class precision/recall/F1, macro ROC-AUC, confusion
 matrix, calibration (expected calibration error, reliability diagram), the reject option's
-coverage-accuracy curve, test-time rotations, and the real GZ2 spiral check."""
+coverage-accuracy curve, test-time rotations, the real GZ2 spiral check, and the classifier's job in
+the chain: the galaxies of simulated frames, cut as the runtime cuts them."""
 
 from __future__ import annotations
 
@@ -84,6 +85,102 @@ def coverage_accuracy(probabilities: np.ndarray, labels: np.ndarray, thresholds=
             }
         )
     return curve
+
+
+# Bins of the galaxy box's longer side in pixels (as the detector's recall by size) and of its S/N.
+FRAME_SIZE_BINS = (0, 16, 32, 64, 128, 256, np.inf)
+FRAME_SNR_BINS = (0, 30, 100, 300, 1000, np.inf)
+
+
+def frame_galaxy_crops(folder: Path, size: int, crop_scale: float | None = None):
+    """The galaxies of simulated frames (`simulate frames` writes truth.csv with each one's class),
+    cut as the chain cuts a detection (edge.chain.square_crop of the true box) and resized as the
+    runtime resizes: (RGB images (N, size, size, 3), class names, box longer sides, S/N). Galaxies
+    marked difficult or cut by the frame edge are left out, as the detector's evaluation does."""
+    import csv
+
+    import cv2
+
+    from edge.chain import ChainSettings, square_crop
+    from edge.models import resize_like_runtime
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    crop_scale = ChainSettings.crop_scale if crop_scale is None else crop_scale
+    truth = Path(folder) / "truth.csv"
+    if not truth.is_file():
+        raise GalaxyEdgeError(f"{truth}: not found (--frames takes a folder from `simulate frames`)")
+    by_frame: dict[str, list[dict]] = {}
+    with truth.open() as f:
+        for row in csv.DictReader(f):
+            if row["kind"] == "galaxy" and row["difficult"] == "0" and row["truncated"] == "0":
+                by_frame.setdefault(row["frame"], []).append(row)
+    images, names, sides, snrs = [], [], [], []
+    for frame, rows in sorted(by_frame.items()):
+        path = Path(folder) / f"{frame}.jpg"
+        image = cv2.imread(str(path))
+        if image is None:
+            raise GalaxyEdgeError(f"{path}: cannot read the frame")
+        for row in rows:
+            box = np.array([float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")])
+            crop = resize_like_runtime(square_crop(image, box, crop_scale), size, size, exact_shrink=True)
+            images.append(crop[..., ::-1])
+            names.append(row["class_name"])
+            sides.append(max(box[2] - box[0], box[3] - box[1]))
+            snrs.append(float(row["snr"]))
+    if not images:
+        raise GalaxyEdgeError(f"{truth}: no galaxy that is neither difficult nor cut by the frame edge")
+    return np.array(images, np.uint8).reshape(-1, size, size, 3), names, np.array(sides), np.array(snrs)
+
+
+def frame_check(
+    probabilities: np.ndarray,
+    names: list[str],
+    sides: np.ndarray,
+    snrs: np.ndarray,
+    scheme: str,
+    reject_threshold: float | None = None,
+) -> dict:
+    """Top-1 accuracy on frame galaxies, by box size and by S/N, with the share the chain's reject
+    option keeps (top probability at least reject_threshold; the rest are 'uncertain') and the
+    accuracy of those it keeps."""
+    from edge.chain import ChainSettings
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    threshold = ChainSettings.reject_threshold if reject_threshold is None else reject_threshold
+    class_names = list(get_scheme(scheme).names)
+    unknown = sorted(set(names) - set(class_names))
+    if unknown:
+        raise GalaxyEdgeError(f"frame classes {unknown} are not in the {scheme} scheme")
+    labels = np.array([class_names.index(n) for n in names], np.int64)
+    correct = probabilities.argmax(axis=1) == labels
+    kept = probabilities.max(axis=1) >= threshold
+
+    def rows(values: np.ndarray, edges) -> list[dict]:
+        table = []
+        for low, high in itertools.pairwise(edges):
+            chosen = (values >= low) & (values < high)
+            if not chosen.any():
+                continue
+            table.append(
+                {
+                    "range": f"{low:g}-{high:g}",
+                    "count": int(chosen.sum()),
+                    "accuracy": float(correct[chosen].mean()),
+                    "kept": float(kept[chosen].mean()),
+                    "kept_accuracy": float(correct[chosen & kept].mean()) if (chosen & kept).any() else None,
+                }
+            )
+        return table
+
+    return {
+        "count": len(labels),
+        "accuracy": float(correct.mean()) if len(labels) else None,
+        "reject_threshold": threshold,
+        "kept": float(kept.mean()) if len(labels) else None,
+        "kept_accuracy": float(correct[kept].mean()) if kept.any() else None,
+        "by_size_px": rows(sides, FRAME_SIZE_BINS),
+        "by_snr": rows(snrs, FRAME_SNR_BINS),
+    }
 
 
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, scheme: str) -> dict:

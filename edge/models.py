@@ -16,6 +16,19 @@ from edge.resize import area_shrink
 from edge.tracking import iou_matrix
 
 
+def resize_like_runtime(image: np.ndarray, width: int, height: int, exact_shrink: bool) -> np.ndarray:
+    """An 8-bit image at width x height as the runtime resizes model inputs: exact area averaging
+    (edge.resize) to shrink when exact_shrink, else OpenCV's INTER_AREA, and INTER_LINEAR to enlarge
+    (fixed-point on 8-bit images: the same pixels on every build)."""
+    if image.shape[:2] == (height, width):
+        return image
+    shrinking = image.shape[0] >= height and image.shape[1] >= width
+    if shrinking and exact_shrink:
+        return area_shrink(image, width, height)
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image, (width, height), interpolation=interpolation)
+
+
 class TFLiteModel:
     """A .tflite model with its card: one input image tensor, dequantized float outputs."""
 
@@ -71,17 +84,7 @@ class TFLiteModel:
 
     def resize_to_input(self, image_bgr: np.ndarray) -> np.ndarray:
         """The image at the model's input size, resized as the runtime always resizes."""
-        if image_bgr.shape[:2] == (self.height, self.width):
-            return image_bgr
-        shrinking = image_bgr.shape[0] >= self.height and image_bgr.shape[1] >= self.width
-        if shrinking and self.exact_shrink:
-            return area_shrink(image_bgr, self.width, self.height)
-        # INTER_LINEAR on 8-bit images is fixed-point: the same pixels on every build.
-        return cv2.resize(
-            image_bgr,
-            (self.width, self.height),
-            interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR,
-        )
+        return resize_like_runtime(image_bgr, self.width, self.height, self.exact_shrink)
 
     def preprocess(self, image_bgr: np.ndarray) -> np.ndarray:
         """(1, H, W, 3) input tensor from an 8-bit BGR image of any size."""

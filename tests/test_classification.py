@@ -23,6 +23,7 @@ from classification.evaluate import (
 )
 from classification.model import CNNConfig, build_cnn, count_parameters
 from galaxy_edge.errors import GalaxyEdgeError
+from tests.conftest import REPO
 
 
 def _write_h5(path: Path, images: np.ndarray, labels: np.ndarray, **datasets) -> Path:
@@ -532,3 +533,80 @@ def test_from_model_uses_the_given_learning_rate_and_ema_saves_the_average(tmp_p
     assert run(lr, 0.999999, "ema") <= 1.01 * lr
     with pytest.raises(GalaxyEdgeError, match=r"--ema 1\.0"):
         run(lr, 1.0, "bad")
+
+
+def test_frame_check_bins_accuracy_and_what_the_reject_option_keeps() -> None:
+    from classification.evaluate import frame_check
+
+    names = ["round_smooth", "round_smooth", "merging", "disturbed"]
+    # Right, right (but unsure: 0.35 < 0.4), wrong, right: classes 2, 2, 1, 0 of the DECaLS scheme.
+    probabilities = np.zeros((4, 10), np.float32)
+    probabilities[0, 2] = 0.9
+    probabilities[1, [2, 3, 4]] = [0.35, 0.3, 0.3]
+    probabilities[2, 0] = 0.8
+    probabilities[3, 0] = 0.7
+    check = frame_check(
+        probabilities, names, np.array([10.0, 20, 20, 300]), np.array([20.0, 50, 2000, 2000]), "decals"
+    )
+    assert check["count"] == 4 and check["accuracy"] == 0.75 and check["reject_threshold"] == 0.4
+    assert check["kept"] == 0.75 and check["kept_accuracy"] == pytest.approx(2 / 3)
+    assert [(r["range"], r["count"], r["accuracy"]) for r in check["by_size_px"]] == [
+        ("0-16", 1, 1.0),
+        ("16-32", 2, 0.5),
+        ("256-inf", 1, 1.0),
+    ]
+    size_16_32 = check["by_size_px"][1]
+    assert (
+        size_16_32["kept"] == 0.5 and size_16_32["kept_accuracy"] == 0.0
+    )  # the unsure right one is rejected
+    assert [(r["range"], r["count"]) for r in check["by_snr"]] == [
+        ("0-30", 1),
+        ("30-100", 1),
+        ("1000-inf", 2),
+    ]
+    with pytest.raises(GalaxyEdgeError, match="not in the decals scheme"):
+        frame_check(probabilities[:1], ["smooth_cigar"], np.array([5.0]), np.array([5.0]), "decals")
+
+
+def test_frame_galaxies_are_cut_as_the_chain_cuts_them(tmp_path: Path, run_cli) -> None:
+    import csv
+
+    import cv2
+
+    from classification.evaluate import frame_galaxy_crops
+    from simulation.frames import TRUTH_FIELDS
+
+    frame = np.full((120, 200, 3), 30, np.uint8)
+    frame[50:70, 90:110] = 220  # a 20 x 20 galaxy in the middle
+    cv2.imwrite(str(tmp_path / "frame_00000.jpg"), frame)
+    rows = [  # the galaxy, a difficult one, one cut by the frame edge, and a star
+        ("galaxy", "barred_spiral", 90, 50, 110, 70, 0, 0, 500.0),
+        ("galaxy", "merging", 10, 10, 20, 20, 1, 0, 5.0),
+        ("galaxy", "merging", 0, 80, 15, 100, 0, 1, 50.0),
+        ("star", "", 150, 10, 160, 20, 0, 0, 900.0),
+    ]
+    with (tmp_path / "truth.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TRUTH_FIELDS, restval="0")
+        writer.writeheader()
+        for kind, name, x1, y1, x2, y2, difficult, truncated, snr in rows:
+            values = dict(kind=kind, class_name=name, xmin=x1, ymin=y1, xmax=x2, ymax=y2, snr=snr)
+            writer.writerow(
+                {"frame": "frame_00000", "difficult": difficult, "truncated": truncated, **values}
+            )
+    images, names, sides, snrs = frame_galaxy_crops(tmp_path, 69)
+    assert images.shape == (1, 69, 69, 3) and names == ["barred_spiral"] and sides.tolist() == [20.0]
+    assert snrs.tolist() == [500.0]
+    # The crop is 1.5 times the box (the chain's crop scale): the galaxy fills the middle two thirds.
+    middle, border = images[0, 30:39, 30:39].mean(), images[0, :8].mean()
+    assert middle > 200 and border < 50
+    model = REPO / "models" / "galaxy10_classifier_int8.tflite"
+    code, _, err = run_cli(
+        "evaluate", "--classifier", "--model", model, "--frames", tmp_path, "--out", tmp_path / "eval"
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["frames"]["count"] == 1 and report["frames"]["by_size_px"][0]["range"] == "16-32"
+    code, _, err = run_cli(
+        "evaluate", "--classifier", "--model", model, "--frames", tmp_path / "no", "--out", tmp_path / "e2"
+    )  # fmt: skip
+    assert code != 0 and "no/truth.csv: not found" in err

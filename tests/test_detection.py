@@ -182,23 +182,22 @@ def _blob_dataset(folder: Path, count: int, seed: int, size: int = 160) -> Path:
     return folder
 
 
+def _small_training_command(train: Path, steps: int, batch: int, learning_rate: float) -> list[str]:
+    """`galaxy-edge train --detector` on a blob folder at a 96-pixel input."""
+    return [
+        sys.executable, "-m", "galaxy_edge", "train", "--detector", "--data", str(train),
+        "--input-size", "96", "--steps-per-epoch", str(steps), "--batch-size", str(batch),
+        "--learning-rate", str(learning_rate),
+    ]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_detector_trains_resumes_exports_int8_and_runs_on_the_edge(tmp_path: Path, run_cli) -> None:
     from edge.models import Detector
 
     train = _blob_dataset(tmp_path / "train", 24, seed=1)
     test = _blob_dataset(tmp_path / "test", 6, seed=2)
-    command = [sys.executable, "-m", "galaxy_edge", "train", "--detector", "--data", str(train)]
-    command += [
-        "--input-size",
-        "96",
-        "--steps-per-epoch",
-        "25",
-        "--batch-size",
-        "8",
-        "--learning-rate",
-        "0.005",
-    ]
+    command = _small_training_command(train, steps=25, batch=8, learning_rate=0.005)
     command += ["--epochs", "8", "--out", str(tmp_path / "run")]
     # Interrupted after its second epoch (as a power cut would), the run resumes from its backup.
     process = subprocess.Popen(
@@ -397,17 +396,7 @@ def test_worker_processes_make_the_same_batches_as_one_process(tmp_path: Path) -
 @pytest.mark.slow
 def test_time_budgeted_training_with_workers_ends_its_cosine_and_stops(tmp_path: Path) -> None:
     train = _blob_dataset(tmp_path / "train", 12, seed=1, size=128)
-    command = [sys.executable, "-m", "galaxy_edge", "train", "--detector", "--data", str(train)]
-    command += [
-        "--input-size",
-        "96",
-        "--steps-per-epoch",
-        "4",
-        "--batch-size",
-        "4",
-        "--learning-rate",
-        "0.002",
-    ]
+    command = _small_training_command(train, steps=4, batch=4, learning_rate=0.002)
     command += ["--workers", "2", "--time-budget", "90", "--out", str(tmp_path / "run")]
     started = time.time()
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
