@@ -210,6 +210,9 @@ def _voted_boxes(kept: np.ndarray, boxes: np.ndarray, scores: np.ndarray, iou_th
     # quantization step of a score (x86 and Pi kernels differ by that). The weighted mean of
     # the whole cluster barely moves, and it localizes better than any one anchor.
     weights = np.where(iou_matrix(boxes[kept], boxes) >= iou_threshold, scores[None, :], 0.0)
+    # A kept box always votes for itself: a zero-area box has IoU 0 even with itself (a barely
+    # trained model makes such boxes), and an empty vote would make its box NaN.
+    weights[np.arange(len(kept)), kept] = np.maximum(scores[kept], 1e-12)
     return (weights @ boxes) / weights.sum(axis=1, keepdims=True)
 
 

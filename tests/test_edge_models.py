@@ -105,6 +105,17 @@ def test_box_voting_gives_the_score_weighted_mean_of_the_cluster() -> None:
     np.testing.assert_allclose(voted.boxes, [[50, 50, 60, 60], [0.5, 0, 10.5, 10]], atol=1e-5)
 
 
+def test_box_voting_keeps_a_zero_area_box_finite() -> None:
+    detections = Detections(
+        np.array([[5, 5, 5, 5], [20, 20, 30, 30], [21, 20, 31, 30]], np.float32),
+        np.array([0.6, 0.7, 0.5], np.float32),
+        np.zeros(3, np.int32),
+    )
+    voted = non_max_suppression(detections, 0.5, voting=True)
+    assert np.isfinite(voted.boxes).all()
+    np.testing.assert_allclose(voted.boxes[1], [5, 5, 5, 5])
+
+
 def test_box_voting_is_stable_when_a_near_tie_flips() -> None:
     """One quantization step of a score decides which anchor NMS keeps; voting makes the
     kept box nearly the same either way (the x86 and Pi kernels differ by such a step)."""
