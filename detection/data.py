@@ -286,18 +286,23 @@ def sample_batch(stream: SampleStream, seed: int, index: int, batch_size: int):
     return np.stack(images).astype(np.float32), {"boxes": np.stack(boxes), "scores": np.stack(scores)}
 
 
-_WORKER_STREAM: SampleStream | None = None  # each worker process's own stream
+_WORKER_STREAM: SampleStream | Exception | None = None  # each worker process's own stream
 
 
 def _worker_start(frames: Sequence[Frame], encoder: TargetEncoder, scale_range, augmentation: bool) -> None:
     global _WORKER_STREAM
     cv2.setNumThreads(1)  # one process per core already
-    loaded = [dataclasses.replace(frame, image=read_rgb(frame.path)) for frame in frames]
-    _WORKER_STREAM = SampleStream(loaded, encoder, scale_range=scale_range, augmentation=augmentation)
+    try:
+        loaded = [dataclasses.replace(frame, image=read_rgb(frame.path)) for frame in frames]
+        _WORKER_STREAM = SampleStream(loaded, encoder, scale_range=scale_range, augmentation=augmentation)
+    except Exception as error:  # raised by the first batch: a failing initializer makes Pool hang
+        _WORKER_STREAM = error
 
 
 def _worker_batch(task: tuple[int, int, int]):
     seed, index, batch_size = task
+    if isinstance(_WORKER_STREAM, Exception):
+        raise _WORKER_STREAM
     assert _WORKER_STREAM is not None
     return sample_batch(_WORKER_STREAM, seed, index, batch_size)
 
@@ -343,6 +348,9 @@ class ParallelBatches:
 
     def __init__(self, stream: SampleStream, batch_size: int, workers: int, seed: int = 0) -> None:
         self.batch_size, self.seed, self.read_ahead = batch_size, seed, 2 * workers
+        unreadable = [str(frame.path) for frame in stream.frames if not Path(frame.path).is_file()]
+        if unreadable:
+            raise GalaxyEdgeError(f"{unreadable[0]}: no such image file (--workers reads frames from files)")
         frames = [dataclasses.replace(frame, image=None) for frame in stream.frames]
         arguments = (frames, stream.encoder, stream.scale_range, stream.augmentation)
         with _environment(_worker_environment()):

@@ -3,6 +3,7 @@ contract, and a small training run through the CLI to an int8 model the runtime 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import subprocess
@@ -18,6 +19,7 @@ from annotations.records import Box, ImageAnnotation
 from annotations.voc import write_voc
 from detection.anchors import AnchorSpec, anchors_center_yxhw, spec_from_boxes
 from detection.data import Frame, TargetEncoder, augment, crop_frame
+from galaxy_edge.errors import GalaxyEdgeError
 from tests.conftest import REPO
 
 
@@ -391,6 +393,19 @@ def test_worker_processes_make_the_same_batches_as_one_process(tmp_path: Path) -
         np.testing.assert_array_equal(made[index][1]["scores"], targets["scores"])
     assert not np.array_equal(made[0][0], made[1][0])  # batches differ from one index to the next
     assert made[0][1]["boxes"][..., 4].sum() > 0  # and hold positives
+
+    # A frame that is not a file is named at once; one that cannot be read, by the first batch.
+    missing = SampleStream([dataclasses.replace(frames[0], path=tmp_path / "gone.png")], stream.encoder)
+    with pytest.raises(GalaxyEdgeError, match=r"gone\.png: no such image file"):
+        ParallelBatches(missing, batch_size=1, workers=1)
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    broken = SampleStream([dataclasses.replace(frames[0], path=tmp_path / "broken.png")], stream.encoder)
+    parallel = ParallelBatches(broken, batch_size=1, workers=1)
+    try:
+        with pytest.raises(GalaxyEdgeError, match=r"broken\.png: cannot read the image"):
+            next(iter(parallel))
+    finally:
+        parallel.close()
 
 
 @pytest.mark.slow
