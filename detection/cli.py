@@ -91,6 +91,10 @@ def run_train(args: argparse.Namespace) -> int:
     from detection.train import DetectorTrainSettings, anchors_for, train_detector
     from galaxy_edge.errors import GalaxyEdgeError
 
+    if args.time_budget is not None and args.time_budget <= 0:
+        raise GalaxyEdgeError(f"--time-budget {args.time_budget}: give a positive number of seconds")
+    if args.workers < 0:
+        raise GalaxyEdgeError(f"--workers {args.workers}: give 0 (none) or more")
     labels = [name.strip() for name in args.labels.split(",") if name.strip()]
     pairs = _pairs(args.data)
     if args.val:

@@ -425,3 +425,14 @@ def test_time_budgeted_training_with_workers_ends_its_cosine_and_stops(tmp_path:
     assert all(a >= b for a, b in itertools.pairwise(rates[1:]))
     assert time.time() - started < 90 + 120  # stopped near the budget, not at --epochs
     assert (tmp_path / "run" / "detector.keras").is_file()
+
+
+def test_bad_workers_and_time_budget_are_clear_errors(tmp_path: Path, run_cli) -> None:
+    for option, value, message in (
+        ("--time-budget", "-5", "positive number"),
+        ("--workers", "-1", "0 (none)"),
+    ):
+        code, _, err = run_cli(
+            "train", "--detector", "--data", tmp_path, option, value, "--out", tmp_path / "run"
+        )  # fmt: skip
+        assert code != 0 and option in err and message in err
