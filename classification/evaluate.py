@@ -102,7 +102,7 @@ def frame_galaxy_crops(folder: Path, size: int, crop_scale: float | None = None)
     import cv2
 
     from edge.chain import ChainSettings, square_crop
-    from edge.models import resize_like_runtime
+    from edge.models import Classifier, resize_like_runtime
     from galaxy_edge.errors import GalaxyEdgeError
 
     crop_scale = ChainSettings.crop_scale if crop_scale is None else crop_scale
@@ -110,8 +110,13 @@ def frame_galaxy_crops(folder: Path, size: int, crop_scale: float | None = None)
     if not truth.is_file():
         raise GalaxyEdgeError(f"{truth}: not found (--frames takes a folder from `simulate frames`)")
     by_frame: dict[str, list[dict]] = {}
+    needed = {"frame", "kind", "class_name", "xmin", "ymin", "xmax", "ymax", "snr", "difficult", "truncated"}
     with truth.open() as f:
-        for row in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        missing = needed - set(reader.fieldnames or [])
+        if missing:
+            raise GalaxyEdgeError(f"{truth}: no column {', '.join(sorted(missing))}")
+        for row in reader:
             if row["kind"] == "galaxy" and row["difficult"] == "0" and row["truncated"] == "0":
                 by_frame.setdefault(row["frame"], []).append(row)
     images, names, sides, snrs = [], [], [], []
@@ -122,7 +127,8 @@ def frame_galaxy_crops(folder: Path, size: int, crop_scale: float | None = None)
             raise GalaxyEdgeError(f"{path}: cannot read the frame")
         for row in rows:
             box = np.array([float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")])
-            crop = resize_like_runtime(square_crop(image, box, crop_scale), size, size, exact_shrink=True)
+            crop = square_crop(image, box, crop_scale)
+            crop = resize_like_runtime(crop, size, size, exact_shrink=Classifier.exact_shrink)
             images.append(crop[..., ::-1])
             names.append(row["class_name"])
             sides.append(max(box[2] - box[0], box[3] - box[1]))

@@ -610,3 +610,6 @@ def test_frame_galaxies_are_cut_as_the_chain_cuts_them(tmp_path: Path, run_cli) 
         "evaluate", "--classifier", "--model", model, "--frames", tmp_path / "no", "--out", tmp_path / "e2"
     )  # fmt: skip
     assert code != 0 and "no/truth.csv: not found" in err
+    (tmp_path / "truth.csv").write_text("frame,kind,xmin\nframe_00000,galaxy,3\n")
+    with pytest.raises(GalaxyEdgeError, match=r"truth\.csv: no column class_name, difficult"):
+        frame_galaxy_crops(tmp_path, 69)
