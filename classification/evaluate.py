@@ -87,9 +87,7 @@ def coverage_accuracy(probabilities: np.ndarray, labels: np.ndarray, thresholds=
     return curve
 
 
-# Bins of the galaxy box's longer side in pixels (as the detector's recall by size) and of its S/N.
-FRAME_SIZE_BINS = (0, 16, 32, 64, 128, 256, np.inf)
-FRAME_SNR_BINS = (0, 30, 100, 300, 1000, np.inf)
+FRAME_SNR_BINS = (0, 30, 100, 300, 1000, np.inf)  # of a frame galaxy's S/N (its sizes: the detector's bins)
 
 
 def frame_galaxy_crops(folder: Path, size: int, crop_scale: float | None = None):
@@ -149,6 +147,7 @@ def frame_check(
     """Top-1 accuracy on frame galaxies, by box size and by S/N, with the share the chain's reject
     option keeps (top probability at least reject_threshold; the rest are 'uncertain') and the
     accuracy of those it keeps."""
+    from detection.evaluate import SIZE_BINS_PX
     from edge.chain import ChainSettings
     from galaxy_edge.errors import GalaxyEdgeError
 
@@ -184,7 +183,7 @@ def frame_check(
         "reject_threshold": threshold,
         "kept": float(kept.mean()) if len(labels) else None,
         "kept_accuracy": float(correct[kept].mean()) if kept.any() else None,
-        "by_size_px": rows(sides, FRAME_SIZE_BINS),
+        "by_size_px": rows(sides, (*SIZE_BINS_PX, np.inf)),
         "by_snr": rows(snrs, FRAME_SNR_BINS),
     }
 
