@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from detection import cli as detection_cli
-from galaxy_edge.argtypes import split_fractions
+from galaxy_edge.argtypes import number_list, split_fractions
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
@@ -126,6 +126,23 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     )
     train.add_argument("--out", type=Path, required=True)
     train.set_defaults(handler=run_train)
+
+    average = verbs.add_parser(
+        "average",
+        help="average the weights of models of one architecture (WiSE-FT, model soup)",
+        formatter_class=formatter,
+        description="Elementwise weighted mean of the weights of .keras models that share an architecture "
+        "and a starting point: a model and its fine-tuned descendant (WiSE-FT: the halfway point keeps "
+        "most of both models' strengths) or several fine-tunings of one model (a model soup).",
+        epilog="example:\n  galaxy-edge average models/galaxy10_classifier.keras "
+        "runs/classifier_p5/classifier.keras --out runs/classifier_wise/classifier.keras",
+    )
+    average.add_argument("models", type=Path, nargs="+", metavar="MODEL", help=".keras models (at least two)")
+    average.add_argument(
+        "--weights", type=number_list, help="one non-negative weight per model, normalized (default: equal)"
+    )
+    average.add_argument("--out", type=Path, required=True, help="the averaged .keras model")
+    average.set_defaults(handler=run_average)
 
     evaluate = verbs.add_parser(
         "evaluate",
@@ -284,6 +301,14 @@ def run_train(args: argparse.Namespace) -> int:
         f"test accuracy {metrics['accuracy']:.4f} on {metrics['count']} held-out images; "
         f"model {summary_path.with_suffix('.keras')}"
     )
+    return 0
+
+
+def run_average(args: argparse.Namespace) -> int:
+    from classification.average import save_average
+
+    out = save_average(args.models, args.out, args.weights)
+    print(f"averaged {len(args.models)} models into {out} (summary {out.with_suffix('.json')})")
     return 0
 
 

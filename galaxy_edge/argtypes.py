@@ -27,3 +27,13 @@ def width_height(value: str) -> tuple[int, int]:
     if width < 64 or height < 64:
         raise argparse.ArgumentTypeError("frames must be at least 64x64")
     return width, height
+
+
+def number_list(value: str) -> tuple[float, ...]:
+    """`0.5,0.5`: a comma-separated list of numbers."""
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas like 0.5,0.5, got {value!r}"
+        ) from None

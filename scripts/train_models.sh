@@ -15,13 +15,13 @@ if [ "$QUICK" = 1 ]; then
     OUT=${OUT:-runs/quick}
     MODELS=${MODELS:-$OUT/models}
     STAMPS=600 TEST_STAMPS=200 TRIALS=2 TUNE_EPOCHS=1 CLASSIFIER_EPOCHS=2 CLASSIFIER_FINE_EPOCHS=1
-    CLASSIFIER_FINAL_EPOCHS=1 CLASSIFIER_CLEAN_EPOCHS=1
+    CLASSIFIER_FINAL_EPOCHS=1 CLASSIFIER_CLEAN_EPOCHS=1 FRESH_STAMPS=600 CLASSIFIER_FRESH_EPOCHS=1
     FRAMES=12 TEST_FRAMES=4 FRAME_SIZE=640x480 DETECTOR_EPOCHS=2 DETECTOR_FINE_EPOCHS=1 STEPS=5 PARITY=200
 else
     OUT=${OUT:-runs/make_train}
     MODELS=${MODELS:-models}
     STAMPS=20000 TEST_STAMPS=3000 TRIALS=12 TUNE_EPOCHS=4 CLASSIFIER_EPOCHS=20 CLASSIFIER_FINE_EPOCHS=12
-    CLASSIFIER_FINAL_EPOCHS=16 CLASSIFIER_CLEAN_EPOCHS=10
+    CLASSIFIER_FINAL_EPOCHS=16 CLASSIFIER_CLEAN_EPOCHS=10 FRESH_STAMPS=30000 CLASSIFIER_FRESH_EPOCHS=12
     FRAMES=360 TEST_FRAMES=40 FRAME_SIZE=1280x720 DETECTOR_EPOCHS=70 DETECTOR_FINE_EPOCHS=45 STEPS=100
     PARITY=3000
 fi
@@ -35,7 +35,10 @@ step "simulated Galaxy10 DECaLS stamps"
     $CLI simulate stamps --n "$STAMPS" --seed 11 --out "$DATA/stamps_train"
 [ -f "$DATA/stamps_test/galaxy10_decals_sim_69px_seed99.h5" ] ||
     $CLI simulate stamps --n "$TEST_STAMPS" --seed 99 --out "$DATA/stamps_test"
+[ -f "$DATA/stamps_fresh/galaxy10_decals_sim_69px_seed12.h5" ] ||
+    $CLI simulate stamps --n "$FRESH_STAMPS" --seed 12 --out "$DATA/stamps_fresh"
 TRAIN_H5=$DATA/stamps_train/galaxy10_decals_sim_69px_seed11.h5
+FRESH_H5=$DATA/stamps_fresh/galaxy10_decals_sim_69px_seed12.h5
 TEST_H5=$DATA/stamps_test/galaxy10_decals_sim_69px_seed99.h5
 
 CONFIG=()
@@ -59,7 +62,14 @@ $CLI train --classifier --data "$TRAIN_H5" --config "$OUT/classifier_mid/classif
 step "classifier, fourth phase: 1e-4 on the clean stamps (no augmentation), as YOLOX ends its training"
 $CLI train --classifier --data "$TRAIN_H5" --config "$OUT/classifier_late/classifier.json" --gz2-weak \
     --from "$OUT/classifier_late/classifier.keras" --learning-rate 1e-4 --epochs "$CLASSIFIER_CLEAN_EPOCHS" \
-    --no-augment --out "$OUT/classifier"
+    --no-augment --out "$OUT/classifier_clean"
+step "classifier, fifth phase: 1e-4 on fresh stamps (new galaxies; gains on simulation, loses a little on GZ2)"
+$CLI train --classifier --data "$FRESH_H5" --split 0.85,0.1,0.05 --config "$OUT/classifier_clean/classifier.json" \
+    --gz2-weak --from "$OUT/classifier_clean/classifier.keras" --learning-rate 1e-4 --no-augment \
+    --epochs "$CLASSIFIER_FRESH_EPOCHS" --out "$OUT/classifier_fresh"
+step "classifier: WiSE-FT, the weights halfway between the fourth and fifth phases (keeps both gains)"
+$CLI average "$OUT/classifier_clean/classifier.keras" "$OUT/classifier_fresh/classifier.keras" \
+    --out "$OUT/classifier/classifier.keras"
 $CLI evaluate --classifier --model "$OUT/classifier/classifier.keras" --data "$TEST_H5" --gz2 --rotations \
     --out "$OUT/classifier/eval"
 

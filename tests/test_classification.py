@@ -613,3 +613,88 @@ def test_frame_galaxies_are_cut_as_the_chain_cuts_them(tmp_path: Path, run_cli) 
     (tmp_path / "truth.csv").write_text("frame,kind,xmin\nframe_00000,galaxy,3\n")
     with pytest.raises(GalaxyEdgeError, match=r"truth\.csv: no column class_name, difficult"):
         frame_galaxy_crops(tmp_path, 69)
+
+
+def _tiny_model(kernel_value: float, bias_value: float, with_batch_norm: bool = True):
+    import keras
+
+    inputs = keras.Input((3,))
+    x = keras.layers.Dense(2, name="dense")(inputs)
+    if with_batch_norm:
+        x = keras.layers.BatchNormalization(name="norm")(x)
+    model = keras.Model(inputs, x)
+    dense = model.get_layer("dense")
+    dense.set_weights([np.full((3, 2), kernel_value, np.float32), np.full(2, bias_value, np.float32)])
+    if with_batch_norm:
+        norm = model.get_layer("norm")
+        gamma, beta, mean, variance = norm.get_weights()
+        norm.set_weights([gamma, beta, mean + kernel_value, variance * (1 + kernel_value)])
+    return model
+
+
+def test_mixing_weights_are_normalized_and_checked() -> None:
+    from classification.average import mixing_weights
+
+    np.testing.assert_allclose(mixing_weights(4, None), [0.25] * 4)
+    np.testing.assert_allclose(mixing_weights(2, [1, 3]), [0.25, 0.75])
+    for count, weights in (
+        (1, None),
+        (2, [1.0]),
+        (2, [1.0, -0.5]),
+        (2, [0.0, 0.0]),
+        (2, [1.0, float("nan")]),
+    ):
+        with pytest.raises(GalaxyEdgeError):
+            mixing_weights(count, weights)
+
+
+def test_weight_average_is_the_weighted_mean_of_every_variable(tmp_path: Path) -> None:
+    from classification.average import average_models
+
+    paths = [tmp_path / "a.keras", tmp_path / "b.keras"]
+    _tiny_model(1.0, -1.0).save(paths[0])
+    _tiny_model(3.0, 1.0).save(paths[1])
+    averaged = average_models(paths, [1, 3])
+    kernel, bias = averaged.get_layer("dense").get_weights()
+    np.testing.assert_allclose(kernel, 2.5)  # 0.25 * 1 + 0.75 * 3
+    np.testing.assert_allclose(bias, 0.5)
+    _, _, mean, variance = averaged.get_layer("norm").get_weights()
+    np.testing.assert_allclose(mean, 2.5)  # batch-norm statistics are averaged too
+    np.testing.assert_allclose(variance, 0.25 * 2 + 0.75 * 4)
+
+    # Without batch norm the model is linear, so averaging weights averages outputs.
+    linear = [tmp_path / "la.keras", tmp_path / "lb.keras"]
+    models = [_tiny_model(1.0, -1.0, False), _tiny_model(3.0, 1.0, False)]
+    for model, path in zip(models, linear, strict=True):
+        model.save(path)
+    x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
+    expected = 0.25 * models[0].predict(x, verbose=0) + 0.75 * models[1].predict(x, verbose=0)
+    np.testing.assert_allclose(average_models(linear, [1, 3]).predict(x, verbose=0), expected, rtol=1e-5)
+
+    with pytest.raises(GalaxyEdgeError, match=r"la\.keras.*not the same architecture"):
+        average_models([paths[0], linear[0]])
+
+
+def test_average_cli_writes_the_model_and_its_sources(tmp_path: Path, run_cli) -> None:
+    paths = [tmp_path / "a.keras", tmp_path / "b.keras"]
+    _tiny_model(1.0, 0.0).save(paths[0])
+    _tiny_model(2.0, 0.0).save(paths[1])
+    first_summary = {"config": {"dense": 2}, "data": {"source": "a.h5"}, "best_val_accuracy": 0.9}
+    (tmp_path / "a.json").write_text(json.dumps(first_summary))
+    out = tmp_path / "soup" / "soup.keras"
+    code, out_text, err = run_cli("average", *paths, "--out", out)
+    assert code == 0, err
+    assert str(out) in out_text
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["config"] == {"dense": 2}  # `train --config` reads the first model's configuration
+    assert "best_val_accuracy" not in summary  # the first model's figure is not the average's
+    sources = summary["weight_average"]["sources"]
+    assert [s["weight"] for s in sources] == [0.5, 0.5]
+    assert sources[0]["data"] == "a.h5" and "data" not in sources[1]
+
+    code, _, err = run_cli("average", paths[0], tmp_path / "missing.keras", "--out", out)
+    assert code != 0 and "missing.keras: no such model" in err
+    code, _, err = run_cli("average", *paths, "--out", tmp_path / "soup.h5")
+    assert code != 0 and "soup.h5" in err
+    code, _, err = run_cli("average", *paths, "--weights", "1,x", "--out", out)
+    assert code != 0 and "1,x" in err
