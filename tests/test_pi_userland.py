@@ -235,11 +235,11 @@ def _detections_matched(arm: list[dict], x86: list[dict]) -> tuple[int, int, flo
 # Lower bounds at what was measured (both runtimes are deterministic, so anything worse is a change).
 # x86 "default" is ai-edge-litert 2.3 with XNNPACK; "builtin" the same runtime with TFLite's built-in
 # kernels, which is what tflite-runtime 2.14 runs int8 models with (edge.interpreter).
+# The int8 classifier has no bound: every crop must keep its top-1 class, except where the top two
+# classes tie exactly in one of the runs (equal quantized logits: argmax then takes the lower index, and
+# a kernel that rounds one step differently breaks the tie either way). XNNPACK: 196 of 199 crops agree,
+# the 3 others tie under XNNPACK; built-in kernels agree bit for bit.
 AGREEMENT_BOUNDS = {
-    # int8 classifier: XNNPACK agreed on 198 of 199 (the issue asks 0.99: near-ties may flip); built-in
-    # kernels agree bit for bit.
-    ("classifier", "default"): 0.99,
-    ("classifier", "builtin"): 1.0,
     # int8 detector (with box voting): 172 of 193 confident detections at IoU 0.9 with XNNPACK (worst
     # 0.51); 182 of 188 with built-in kernels (worst 0.14). (The two-phase detector: 132 of 152 and 148
     # of 153.) Not the runtime version: on x86,
@@ -249,6 +249,18 @@ AGREEMENT_BOUNDS = {
     ("detector", "default"): 0.86,
     ("detector", "builtin"): 0.96,
 }
+
+
+def _top1_changes(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    """Crops whose top-1 class differs between two runs' probabilities though neither run has its top
+    two classes tied, and crops whose top two tie in either run."""
+
+    def tied(p: np.ndarray) -> np.ndarray:
+        top_two = np.sort(p, axis=1)[:, -2:]
+        return top_two[:, 1] - top_two[:, 0] <= 1e-7
+
+    ties = tied(a) | tied(b)
+    return int(((a.argmax(1) != b.argmax(1)) & ~ties).sum()), int(ties.sum())
 
 
 @pytest.fixture(scope="module")
@@ -271,14 +283,14 @@ def test_shipped_models_agree_under_tflite_runtime_2_14(arm_outputs: dict, kerne
         if isinstance(arm[name][0], list):  # classifier probabilities
             a, x = np.array(arm[name]), np.array(x86[name])
             agreement = (a.argmax(1) == x.argmax(1)).mean()
+            changed, ties = _top1_changes(a, x)
             largest = np.abs(a - x).max()
             print(
-                f"{name} ({kernels}): top-1 agreement {agreement:.4f} of {len(a)}, "
+                f"{name} ({kernels}): top-1 agreement {agreement:.4f} of {len(a)} ({ties} tied at the top), "
                 f"largest difference {largest:.4f}"
             )
-            bound = AGREEMENT_BOUNDS[("classifier", kernels)] if int8 else 1.0
-            if agreement < bound:
-                problems.append(f"{name}: top-1 agreement {agreement:.4f} < {bound}")
+            if changed:
+                problems.append(f"{name}: {changed} crops without a tie changed their top-1 class")
             if int8 and kernels == "builtin" and largest > 0:
                 problems.append(f"{name}: built-in kernels differ by {largest:.4f}")
             continue

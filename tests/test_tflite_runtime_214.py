@@ -18,18 +18,19 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.test_pi_userland import _detections_matched, _model_outputs, runtime_versions
+from tests.test_pi_userland import _detections_matched, _model_outputs, _top1_changes, runtime_versions
 
 VENV = REPO / ".cache" / "tflite-runtime-2.14"
 # Raspberry Pi OS Bookworm's combination; OpenCV as in the emulated Pi userland.
 PINNED = ("tflite-runtime==2.14.0", "numpy==1.26.4", "opencv-python-headless==4.11.0.86")
 SHIPPED = sorted((REPO / "models").glob("*.tflite"))
 
-# Measured (shipped models, bundled samples): against ai-edge-litert with XNNPACK, the int8 classifier
-# agreed on 198 of 199 crops (a near-tie) and the int8 detector on 169 of 193 confident detections at
-# IoU 0.9 (XNNPACK's int8 arithmetic rounds differently from the built-in kernels; the two-phase
-# detector: 136 of 153). Lower bounds at that.
-XNNPACK_BOUNDS = {"classifier": 0.99, "detector": 0.86}
+# Measured (shipped models, bundled samples): against ai-edge-litert with XNNPACK, the int8 detector
+# matched 169 of 193 confident detections at IoU 0.9 (XNNPACK's int8 arithmetic rounds differently from
+# the built-in kernels; the two-phase detector: 136 of 153): a lower bound at that. The int8 classifier
+# agreed on 196 of 199 crops; the 3 others have their top two classes tied under XNNPACK, and every crop
+# without a tie must agree (see _top1_changes).
+XNNPACK_BOUNDS = {"detector": 0.86}
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +60,8 @@ def test_the_venv_runs_the_edge_runtime_on_tflite_runtime_2_14(runtime_214_pytho
 def test_shipped_models_give_the_same_outputs_under_tflite_runtime_2_14(runtime_214_python: Path) -> None:
     """Every shipped model loads in tflite-runtime 2.14. With the same (built-in) kernels its int8
     outputs are ai-edge-litert's bit for bit, float32 ones to float rounding; against ai-edge-litert's
-    default XNNPACK kernels, the same top-1 class for 99% of crops and the measured share of the
-    confident detections at IoU 0.9."""
+    default XNNPACK kernels, the same top-1 class for every crop without a tie at the top and the
+    measured share of the confident detections at IoU 0.9."""
     old = _model_outputs(runtime_214_python, "default")  # a Pi OS user's settings
     same_kernels = _model_outputs(Path(sys.executable), "builtin")
     xnnpack = _model_outputs(Path(sys.executable), "default")
@@ -71,14 +72,16 @@ def test_shipped_models_give_the_same_outputs_under_tflite_runtime_2_14(runtime_
         if isinstance(old[name][0], list):  # classifier probabilities, one row per crop
             a, b, x = np.array(old[name]), np.array(same_kernels[name]), np.array(xnnpack[name])
             largest, agreement = float(np.abs(a - b).max()), float((a.argmax(1) == x.argmax(1)).mean())
+            changed, ties = _top1_changes(a, x)
             print(
                 f"{name}: largest difference {largest:.2g} with the same kernels; against XNNPACK "
-                f"top-1 agreement {agreement:.4f} of {len(a)}, largest difference {np.abs(a - x).max():.4f}"
+                f"top-1 agreement {agreement:.4f} of {len(a)} ({ties} tied at the top), largest "
+                f"difference {np.abs(a - x).max():.4f}"
             )
             if largest > (0.0 if int8 else 1e-4) or (a.argmax(1) != b.argmax(1)).any():
                 problems.append(f"{name}: differs from ai-edge-litert's built-in kernels by {largest:.3g}")
-            if agreement < (XNNPACK_BOUNDS["classifier"] if int8 else 1.0):
-                problems.append(f"{name}: top-1 agreement with XNNPACK {agreement:.4f}")
+            if changed:
+                problems.append(f"{name}: {changed} crops without a tie changed their top-1 class (XNNPACK)")
             continue
         if int8 and old[name] != same_kernels[name]:
             problems.append(f"{name}: int8 detections differ from ai-edge-litert's built-in kernels")
