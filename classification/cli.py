@@ -288,8 +288,11 @@ def run_train(args: argparse.Namespace) -> int:
     )
     weak = _weak_set(args, dataset)
     model = train_classifier(train, validation, config, settings, args.out, initial, weak, teacher)
-    metrics = classification_metrics(predict(model, test.images), test.labels, dataset.scheme)
     summary_path = output_folder(args.out, args.strategy) / "classifier.json"
+    if not len(test):  # --split with no test part: the held-out set lives elsewhere
+        print(f"no test part in --split; model {summary_path.with_suffix('.keras')}")
+        return 0
+    metrics = classification_metrics(predict(model, test.images), test.labels, dataset.scheme)
     summary = json.loads(summary_path.read_text())
     summary["test"] = {
         "accuracy": metrics["accuracy"],

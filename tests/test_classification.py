@@ -245,10 +245,23 @@ def test_small_training_run_learns_and_cli_reports(tmp_path: Path, run_cli) -> N
     distil = ("train", "--classifier", "--data", data, "--size", "32", "--batch-size", "16", "--epochs", "2")
     distil += ("--config", run / "classifier.json", "--from", run / "classifier.keras", "--no-augment")
     distil += ("--learning-rate", "3e-4")  # a fine phase: a tenth of the first phase's rate
-    code, out, err = run_cli(*distil, "--teacher", run / "classifier.keras", "--out", tmp_path / "taught")
+    taught_run = (*distil, "--teacher", run / "classifier.keras", "--split", "0.8,0.2,0")
+    code, out, err = run_cli(*taught_run, "--out", tmp_path / "taught")
     assert code == 0, err
+    assert "no test part" in out  # the held-out set lives elsewhere: nothing to report, no crash
     taught = json.loads((tmp_path / "taught" / "classifier.json").read_text())
     assert taught["settings"]["teacher_weight"] == 0.5 and taught["best_val_accuracy"] >= 0.7
+    # WiSE-FT: the halfway weights of a model and its fine-tuned descendant classify as well.
+    soup = tmp_path / "soup" / "classifier.keras"
+    code, _, err = run_cli(
+        "average", run / "classifier.keras", tmp_path / "taught" / "classifier.keras", "--out", soup
+    )
+    assert code == 0, err
+    code, _, err = run_cli(
+        "evaluate", "--classifier", "--model", soup, "--data", data, "--out", tmp_path / "es"
+    )
+    assert code == 0, err
+    assert json.loads((tmp_path / "es" / "evaluation.json").read_text())["data"]["accuracy"] >= 0.7
     code, _, err = run_cli(*distil, "--teacher", tmp_path / "none.keras", "--out", tmp_path / "t2")
     assert code != 0 and "none.keras: no such teacher model" in err
 
