@@ -99,6 +99,19 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "--weak-weight", type=float, default=1.0, help="loss weight of a weakly labelled image"
     )
     train.add_argument(
+        "--frames",
+        type=Path,
+        help="classifier: also train on the galaxies of simulated frames (a `simulate frames` folder: "
+        "truth.csv), cut as the chain cuts a detection; split with --split's fractions like --data",
+    )
+    train.add_argument(
+        "--frame-repeat",
+        type=int,
+        default=1,
+        help="with --frames: each frame galaxy's copies in the training part (frames hold far fewer "
+        "galaxies than a stamp set)",
+    )
+    train.add_argument(
         "--teacher",
         type=Path,
         help="classifier: distil this .keras model's 8-rotation mean probabilities into the trained "
@@ -249,7 +262,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     # A multi-worker strategy must exist before TensorFlow runs anything else in this process.
     strategy = distribution_strategy(args.strategy)
+    if args.frame_repeat < 1:
+        raise GalaxyEdgeError(f"--frame-repeat {args.frame_repeat}: give at least 1")
     dataset, train, validation, test = _split(args)
+    if args.frames:
+        train, validation, test = _with_frame_galaxies(args, dataset.scheme, train, validation, test)
     config = CNNConfig(input_size=args.size, num_classes=len(dataset.counts()))
     if args.config:
         values = json.loads(args.config.read_text())
@@ -305,6 +322,24 @@ def run_train(args: argparse.Namespace) -> int:
         f"model {summary_path.with_suffix('.keras')}"
     )
     return 0
+
+
+def _with_frame_galaxies(args: argparse.Namespace, scheme: str, train, validation, test):
+    """Each part joined by its share of the frame galaxies (the training share --frame-repeat times)."""
+    from classification.data import frame_galaxies, join, stratified_split
+
+    galaxies = frame_galaxies(args.frames, args.size, scheme)
+    parts = [galaxies.subset(p) for p in stratified_split(galaxies.labels, args.split, args.seed)]
+    print(
+        f"{args.frames}: {len(galaxies)} frame galaxies, train {len(parts[0])} x {args.frame_repeat}, "
+        f"val {len(parts[1])}, test {len(parts[2])}",
+        file=sys.stderr,
+    )
+    return (
+        join([train] + [parts[0]] * args.frame_repeat),
+        join([validation, parts[1]]),
+        join([test, parts[2]]),
+    )
 
 
 def run_average(args: argparse.Namespace) -> int:
@@ -437,7 +472,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _frames_check(model, folder: Path, size: int, scheme: str, report: dict) -> None:
-    from classification.evaluate import frame_check, frame_galaxy_crops, predict
+    from classification.data import frame_galaxy_crops
+    from classification.evaluate import frame_check, predict
 
     images, names, sides, snrs = frame_galaxy_crops(folder, size)
     check = frame_check(predict(model, images), names, sides, snrs, scheme)

@@ -1,5 +1,5 @@
 """Galaxy10 data: astroNN's .h5 layout (SDSS and DECaLS), class folders, the real GZ2 images,
-and stratified splits."""
+the galaxies of simulated frames cut as the chain cuts them, and stratified splits."""
 
 from __future__ import annotations
 
@@ -147,3 +147,74 @@ def stratified_split(
         parts[2] += members[n_val : n_val + n_test].tolist()
         parts[0] += members[n_val + n_test :].tolist()
     return tuple(np.array(sorted(p), np.int64) for p in parts)  # type: ignore[return-value]
+
+
+def frame_galaxy_crops(folder: Path, size: int, crop_scale: float | None = None):
+    """The galaxies of simulated frames (`simulate frames` writes truth.csv with each one's class),
+    cut as the chain cuts a detection (edge.chain.square_crop of the true box) and resized as the
+    runtime resizes: (RGB images (N, size, size, 3), class names, box longer sides, S/N). Galaxies
+    marked difficult or cut by the frame edge are left out, as the detector's evaluation does."""
+    import csv
+
+    import cv2
+
+    from edge.chain import ChainSettings, square_crop
+    from edge.models import Classifier, resize_like_runtime
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    crop_scale = ChainSettings.crop_scale if crop_scale is None else crop_scale
+    truth = Path(folder) / "truth.csv"
+    if not truth.is_file():
+        raise GalaxyEdgeError(f"{truth}: not found (--frames takes a folder from `simulate frames`)")
+    by_frame: dict[str, list[dict]] = {}
+    needed = {"frame", "kind", "class_name", "xmin", "ymin", "xmax", "ymax", "snr", "difficult", "truncated"}
+    with truth.open() as f:
+        reader = csv.DictReader(f)
+        missing = needed - set(reader.fieldnames or [])
+        if missing:
+            raise GalaxyEdgeError(f"{truth}: no column {', '.join(sorted(missing))}")
+        for row in reader:
+            if row["kind"] == "galaxy" and row["difficult"] == "0" and row["truncated"] == "0":
+                by_frame.setdefault(row["frame"], []).append(row)
+    images, names, sides, snrs = [], [], [], []
+    for frame, rows in sorted(by_frame.items()):
+        path = Path(folder) / f"{frame}.jpg"
+        image = cv2.imread(str(path))
+        if image is None:
+            raise GalaxyEdgeError(f"{path}: cannot read the frame")
+        for row in rows:
+            box = np.array([float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")])
+            crop = square_crop(image, box, crop_scale)
+            crop = resize_like_runtime(crop, size, size, exact_shrink=Classifier.exact_shrink)
+            images.append(crop[..., ::-1])
+            names.append(row["class_name"])
+            sides.append(max(box[2] - box[0], box[3] - box[1]))
+            snrs.append(float(row["snr"]))
+    if not images:
+        raise GalaxyEdgeError(f"{truth}: no galaxy that is neither difficult nor cut by the frame edge")
+    return np.array(images, np.uint8).reshape(-1, size, size, 3), names, np.array(sides), np.array(snrs)
+
+
+def frame_galaxies(folder: Path | str, size: int, scheme: str = "decals") -> ImageSet:
+    """The galaxies of simulated frames as a labelled set, cut as the chain cuts them (see
+    frame_galaxy_crops): the classifier's job in the chain, to train on beside the stamps."""
+    images, names, _, _ = frame_galaxy_crops(Path(folder), size)
+    class_names = list(get_scheme(scheme).names)
+    unknown = sorted(set(names) - set(class_names))
+    if unknown:
+        raise GalaxyEdgeError(f"{folder}: frame classes {unknown} are not in the {scheme} scheme")
+    labels = np.array([class_names.index(n) for n in names], np.int64)
+    return ImageSet(images, labels, scheme, f"{folder} (frame galaxies)")
+
+
+def join(sets: list[ImageSet]) -> ImageSet:
+    """One set of several of one scheme; its source names them all."""
+    schemes = {s.scheme for s in sets}
+    if len(schemes) != 1:
+        raise GalaxyEdgeError(f"cannot join sets of the schemes {sorted(schemes)}")
+    return ImageSet(
+        np.concatenate([s.images for s in sets]),
+        np.concatenate([s.labels for s in sets]),
+        sets[0].scheme,
+        " + ".join(dict.fromkeys(s.source for s in sets)),
+    )

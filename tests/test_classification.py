@@ -586,7 +586,7 @@ def test_frame_galaxies_are_cut_as_the_chain_cuts_them(tmp_path: Path, run_cli) 
 
     import cv2
 
-    from classification.evaluate import frame_galaxy_crops
+    from classification.data import frame_galaxy_crops
     from simulation.frames import TRUTH_FIELDS
 
     frame = np.full((120, 200, 3), 30, np.uint8)
@@ -711,3 +711,40 @@ def test_average_cli_writes_the_model_and_its_sources(tmp_path: Path, run_cli) -
     assert code != 0 and "soup.h5" in err
     code, _, err = run_cli("average", *paths, "--weights", "1,x", "--out", out)
     assert code != 0 and "1,x" in err
+
+
+def test_training_on_frame_galaxies_joins_each_part(tmp_path: Path, run_cli) -> None:
+    from classification.data import frame_galaxies
+    from simulation.stamps import StampSettings, render_stamps, write_h5
+
+    frames = tmp_path / "frames"
+    code, _, err = run_cli(
+        "simulate", "frames", "--n", "2", "--size", "320x240", "--seed", "5", "--out", frames
+    )
+    assert code == 0, err
+    galaxies = frame_galaxies(frames, 32)
+    assert (
+        len(galaxies) >= 4
+        and galaxies.images.shape[1:] == (32, 32, 3)
+        and "frame galaxies" in galaxies.source
+    )
+    with pytest.raises(GalaxyEdgeError, match="not in the sdss scheme"):
+        frame_galaxies(frames, 32, "sdss")  # simulated frames carry DECaLS classes
+    images, labels, _ = render_stamps(200, StampSettings(size=32, seed=3, balanced=True), workers=2)
+    data = write_h5(tmp_path / "stamps.h5", images, labels, "decals", 3)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"config": {"filters": [8, 16], "kernel_sizes": [3, 3], "dense_units": 0}}))
+    train = ("train", "--classifier", "--data", data, "--size", "32", "--epochs", "1", "--config", config)
+    train += ("--split", "0.8,0.2,0", "--frames", frames, "--no-augment")
+    code, _, err = run_cli(*train, "--frame-repeat", "3", "--out", tmp_path / "run")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "classifier.json").read_text())["data"]
+    from classification.data import stratified_split
+
+    frame_train, frame_val, _ = stratified_split(galaxies.labels, (0.8, 0.2, 0.0), 0)
+    stamp_train, stamp_val, _ = stratified_split(labels, (0.8, 0.2, 0.0), 0)
+    assert sum(summary["train"].values()) == len(stamp_train) + 3 * len(frame_train)
+    assert sum(summary["validation"].values()) == len(stamp_val) + len(frame_val)
+    assert "frame galaxies" in summary["source"]
+    code, _, err = run_cli(*train, "--frame-repeat", "0", "--out", tmp_path / "r0")
+    assert code != 0 and "--frame-repeat 0" in err
