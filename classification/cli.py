@@ -419,6 +419,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"accuracy {metrics['accuracy']:.4f}, macro ROC-AUC {metrics['macro_roc_auc']}, "
             f"ECE {metrics['expected_calibration_error']:.4f} on {metrics['count']} images"
         )
+        if metrics["by_part"]:
+            parts = metrics["by_part"]
+            print(
+                f"  on {parts['parts']} disjoint stratified parts of {parts['part_size']}: accuracy "
+                f"{parts['min']:.4f} to {parts['max']:.4f}; 95 % interval of the whole "
+                f"{parts['interval_95'][0]:.4f}-{parts['interval_95'][1]:.4f}"
+            )
         if args.rotations:
             rotated = classification_metrics(
                 predict(model, dataset.images, rotations=True), dataset.labels, scheme

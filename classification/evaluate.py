@@ -142,6 +142,31 @@ def frame_check(
     }
 
 
+def accuracy_by_part(correct: np.ndarray, labels: np.ndarray, parts: int = 10, seed: int = 0) -> dict | None:
+    """Accuracy on `parts` disjoint parts of the set, each with every class in proportion (the
+    spread a smaller test split would show), and the binomial 95 % interval of the whole set's
+    accuracy; None for sets too small to cut into parts of 20."""
+    if len(labels) < 20 * parts:
+        return None
+    rng = np.random.default_rng(seed)
+    part_of = np.empty(len(labels), np.int64)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        # Deal each class round the parts from a random start, so rare classes spread evenly.
+        part_of[members] = (np.arange(len(members)) + rng.integers(parts)) % parts
+    accuracies = [float(correct[part_of == k].mean()) for k in range(parts)]
+    accuracy = float(correct.mean())
+    half_width = 1.96 * np.sqrt(accuracy * (1 - accuracy) / len(correct))
+    return {
+        "parts": parts,
+        "part_size": len(labels) // parts,
+        "accuracies": accuracies,
+        "min": min(accuracies),
+        "max": max(accuracies),
+        "interval_95": [max(accuracy - half_width, 0.0), min(accuracy + half_width, 1.0)],
+    }
+
+
 def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, scheme: str) -> dict:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
@@ -179,6 +204,7 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray, scheme
         "confusion_matrix": confusion_matrix(labels, predicted, labels=range(len(names))).tolist(),
         "reliability": reliability,
         "coverage_accuracy": coverage_accuracy(probabilities, labels),
+        "by_part": accuracy_by_part(predicted == labels, labels),
         "count": len(labels),
     }
 

@@ -37,7 +37,7 @@ def merge_evaluation(card_path: Path, evaluation_path: Path) -> Path:
         data = report["data"]
         metrics["simulated_held_out"] = {
             k: data[k]
-            for k in ("source", "count", "accuracy", "macro_roc_auc", "expected_calibration_error")
+            for k in ("source", "count", "accuracy", "macro_roc_auc", "expected_calibration_error", "by_part")
             if k in data
         }
         metrics["simulated_held_out"]["confusion_matrix"] = data.get("confusion_matrix")

@@ -148,6 +148,24 @@ def test_metrics_on_known_probabilities() -> None:
         np.eye(10, dtype=np.float32)[[0, 1, 2, 2]], np.array([0, 1, 2, 3]), "decals"
     )
     assert metrics["accuracy"] == 0.75 and metrics["confusion_matrix"][3][2] == 1
+    assert metrics["by_part"] is None  # too few to cut into parts
+
+
+def test_accuracy_by_part_keeps_classes_in_proportion() -> None:
+    from classification.evaluate import accuracy_by_part
+
+    # 300 of class 0 all right, 100 of class 1 all wrong: every stratified part is 0.75 right.
+    labels = np.array([0] * 300 + [1] * 100)
+    correct = labels == 0
+    parts = accuracy_by_part(correct, labels, parts=10)
+    assert parts["accuracies"] == pytest.approx([0.75] * 10) and parts["part_size"] == 40
+    half_width = 1.96 * np.sqrt(0.75 * 0.25 / 400)
+    assert parts["interval_95"] == pytest.approx([0.75 - half_width, 0.75 + half_width])
+    # An unstratified cut of the same set would not be this even: parts differ once classes are dealt
+    # unevenly, as a random 10 % test split would.
+    wrong_at_random = np.random.default_rng(1).random(400) < 0.2
+    spread = accuracy_by_part(~wrong_at_random, labels, parts=10)
+    assert spread["min"] < float((~wrong_at_random).mean()) < spread["max"]
 
 
 @pytest.mark.slow
