@@ -254,6 +254,12 @@ def run_tune(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     if args.detector:
+        if args.frames:
+            from galaxy_edge.errors import GalaxyEdgeError
+
+            raise GalaxyEdgeError(
+                "--frames is for the classifier: a detector trains on the frames given as --data"
+            )
         return detection_cli.run_train(args)
     from classification.evaluate import classification_metrics, predict
     from classification.model import CNNConfig

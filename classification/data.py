@@ -160,7 +160,6 @@ def frame_galaxy_crops(folder: Path, size: int, crop_scale: float | None = None)
 
     from edge.chain import ChainSettings, square_crop
     from edge.models import Classifier, resize_like_runtime
-    from galaxy_edge.errors import GalaxyEdgeError
 
     crop_scale = ChainSettings.crop_scale if crop_scale is None else crop_scale
     truth = Path(folder) / "truth.csv"

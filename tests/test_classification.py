@@ -766,3 +766,7 @@ def test_training_on_frame_galaxies_joins_each_part(tmp_path: Path, run_cli) -> 
     assert "frame galaxies" in summary["source"]
     code, _, err = run_cli(*train, "--frame-repeat", "0", "--out", tmp_path / "r0")
     assert code != 0 and "--frame-repeat 0" in err
+    code, _, err = run_cli(
+        "train", "--detector", "--data", frames, "--frames", frames, "--out", tmp_path / "d"
+    )
+    assert code != 0 and "--frames is for the classifier" in err
