@@ -47,9 +47,9 @@ def average_models(paths: Sequence[Path], weights: Sequence[float] | None = None
             raise GalaxyEdgeError(f"{path}: no such model")
         models.append(keras.models.load_model(path, compile=False))
     first = models[0]
-    reference = first.get_weights()
-    for path, model in zip(paths[1:], models[1:], strict=True):
-        values = model.get_weights()
+    all_values = [model.get_weights() for model in models]
+    reference = all_values[0]
+    for path, values in zip(paths[1:], all_values[1:], strict=True):
         if len(values) != len(reference):
             raise GalaxyEdgeError(
                 f"{path}: {len(values)} variables where {paths[0]} has {len(reference)}: "
@@ -61,7 +61,6 @@ def average_models(paths: Sequence[Path], weights: Sequence[float] | None = None
                     f"{path}: variable {k} ({first.weights[k].path}) has shape {b.shape} where {paths[0]} "
                     f"has {a.shape}: not the same architecture"
                 )
-    all_values = [model.get_weights() for model in models]
     averaged = []
     for k, first_value in enumerate(reference):
         if not np.issubdtype(first_value.dtype, np.floating):

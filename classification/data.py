@@ -198,12 +198,16 @@ def frame_galaxies(folder: Path | str, size: int, scheme: str = "decals") -> Ima
     """The galaxies of simulated frames as a labelled set, cut as the chain cuts them (see
     frame_galaxy_crops): the classifier's job in the chain, to train on beside the stamps."""
     images, names, _, _ = frame_galaxy_crops(Path(folder), size)
+    return ImageSet(images, class_labels(names, scheme, str(folder)), scheme, f"{folder} (frame galaxies)")
+
+
+def class_labels(names: list[str], scheme: str, where: str) -> np.ndarray:
+    """The scheme's class indices of class names; names outside the scheme are named with `where`."""
     class_names = list(get_scheme(scheme).names)
     unknown = sorted(set(names) - set(class_names))
     if unknown:
-        raise GalaxyEdgeError(f"{folder}: frame classes {unknown} are not in the {scheme} scheme")
-    labels = np.array([class_names.index(n) for n in names], np.int64)
-    return ImageSet(images, labels, scheme, f"{folder} (frame galaxies)")
+        raise GalaxyEdgeError(f"{where}: frame classes {unknown} are not in the {scheme} scheme")
+    return np.array([class_names.index(n) for n in names], np.int64)
 
 
 def join(sets: list[ImageSet]) -> ImageSet:

@@ -101,16 +101,12 @@ def frame_check(
     """Top-1 accuracy on frame galaxies, by box size and by S/N, with the share the chain's reject
     option keeps (top probability at least reject_threshold; the rest are 'uncertain') and the
     accuracy of those it keeps."""
+    from classification.data import class_labels
     from detection.evaluate import SIZE_BINS_PX
     from edge.chain import ChainSettings
-    from galaxy_edge.errors import GalaxyEdgeError
 
     threshold = ChainSettings.reject_threshold if reject_threshold is None else reject_threshold
-    class_names = list(get_scheme(scheme).names)
-    unknown = sorted(set(names) - set(class_names))
-    if unknown:
-        raise GalaxyEdgeError(f"frame classes {unknown} are not in the {scheme} scheme")
-    labels = np.array([class_names.index(n) for n in names], np.int64)
+    labels = class_labels(names, scheme, "frame galaxies")
     correct = probabilities.argmax(axis=1) == labels
     kept = probabilities.max(axis=1) >= threshold
 
