@@ -408,6 +408,33 @@ def test_worker_processes_make_the_same_batches_as_one_process(tmp_path: Path) -
         parallel.close()
 
 
+def test_packed_batches_unpack_to_the_same_arrays_in_a_fraction_of_the_bytes(tmp_path: Path) -> None:
+    """Workers send uint8 pixels and only the anchors that are not plain background; unpacked,
+    the batch holds sample_batch's values exactly, ignored anchors (a difficult box) included,
+    with the pixels left uint8 for the model to cast."""
+    import pickle
+
+    from annotations.dataset import usable_pairs
+    from detection.data import SampleStream, _packed_batch, _unpacked_batch, load_frames, sample_batch
+
+    folder = _blob_dataset(tmp_path / "blobs", 2, seed=4, size=128)
+    frames = load_frames(usable_pairs(folder), ["galaxy"])
+    frames = [dataclasses.replace(frame, ignore=np.ones_like(frame.ignore)) for frame in frames[:1]] + frames
+    spec = AnchorSpec(input_size=96, strides=(8, 16, 32, 64), sizes=[[10, 14], [20, 28], [40, 56], [80, 90]])
+    stream = SampleStream(frames, TargetEncoder(spec, 1, (0.1, 0.1, 0.2, 0.2)))
+    packed = _packed_batch(stream, 2, 7, 8)
+    images, targets = _unpacked_batch(packed)
+    expected_images, expected = sample_batch(stream, 2, 7, 8)
+    assert images.dtype == np.uint8
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(targets["boxes"], expected["boxes"])
+    np.testing.assert_array_equal(targets["scores"], expected["scores"])
+    assert expected["boxes"][..., 4].sum() > 0  # positives went through
+    assert (expected["scores"][..., -1] == 0).any()  # and ignored anchors
+    full = len(pickle.dumps(sample_batch(stream, 2, 7, 8), protocol=5))
+    assert len(pickle.dumps(packed, protocol=5)) < full / 3
+
+
 @pytest.mark.slow
 def test_time_budgeted_training_with_workers_ends_its_cosine_and_stops(tmp_path: Path) -> None:
     train = _blob_dataset(tmp_path / "train", 12, seed=1, size=128)
