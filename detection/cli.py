@@ -16,7 +16,12 @@ from pathlib import Path
 def add_train_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("detector options (--detector)")
     group.add_argument("--val", type=Path, help="labelImg folder for validation (default: split from --data)")
-    group.add_argument("--labels", default="galaxy", help="comma-separated box labels to detect")
+    group.add_argument(
+        "--labels",
+        default="galaxy",
+        help="comma-separated box labels to detect; with --from, labels the model has keep its scores "
+        "and the others start anew",
+    )
     group.add_argument("--input-size", type=int, default=320, help="detector input side in pixels")
     group.add_argument("--backbone", choices=("mobilenet_v2", "mobilenet_v3_small"), default="mobilenet_v2")
     group.add_argument("--alpha", type=float, default=0.35, help="backbone width multiplier")
@@ -116,9 +121,9 @@ def run_train(args: argparse.Namespace) -> int:
         if not summary_path.is_file():
             raise GalaxyEdgeError(f"{summary_path}: the detector's summary (anchors) is missing")
         config = DetectorConfig.from_dict(json.loads(summary_path.read_text())["config"])
-        if config.labels != labels:
-            raise GalaxyEdgeError(f"{args.initial} detects {config.labels}, not {labels}")
         initial = keras.models.load_model(args.initial, compile=False)
+        if config.labels != labels:
+            initial, config = _with_labels(initial, config, labels)
         if args.strides and tuple(args.strides) != tuple(config.anchors.strides):
             initial, config = _with_strides(initial, config, train_frames, args.strides)
     else:
@@ -152,6 +157,20 @@ def run_train(args: argparse.Namespace) -> int:
     )
     print(f"model {args.out / 'detector.keras'}, summary {args.out / 'detector.json'}")
     return 0
+
+
+def _with_labels(source, source_config, labels: list[str]):
+    """A detector of `labels` from one trained on others (see relabel_detector)."""
+    from detection.model import relabel_detector
+
+    kept = [name for name in labels if name in source_config.labels]
+    model, config = relabel_detector(source, source_config, labels)
+    print(
+        f"labels {labels}: {kept or 'none'} keep the given model's scores, the rest start anew "
+        f"(it detected {source_config.labels})",
+        file=sys.stderr,
+    )
+    return model, config
 
 
 def _with_strides(source, source_config, train_frames, strides: tuple[int, ...]):

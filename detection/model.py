@@ -8,6 +8,8 @@ variance) and "scores" (B, anchors, classes) logits for a sigmoid.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from detection.anchors import AnchorSpec
@@ -205,3 +207,28 @@ def transfer_weights(source, source_config: DetectorConfig, target, target_confi
                 layer.set_weights(weights)
                 copied += 1
     return copied
+
+
+def relabel_detector(source, source_config: DetectorConfig, labels: Sequence[str]):
+    """A detector of other labels (say galaxy and star, or a user's own) starting from `source`: the
+    backbone, the box heads and the score channels of every label the two share keep source's
+    weights, so a shared label scores exactly as before until training moves it; new labels start
+    at the prior. Returns (model, config). Written by hand: Keras has no notion of a detector's
+    per-anchor score channels."""
+    config = dataclasses.replace(source_config, labels=list(labels))
+    target = build_detector(config)
+    transfer_weights(source, source_config, target, config)
+    old, new = list(source_config.labels), list(labels)
+    shared = [(old.index(name), new.index(name)) for name in new if name in old]
+    per_location = config.anchors.per_location
+    for level in range(len(config.anchors.strides)):
+        kernel, bias = source.get_layer(f"head{level}_scores").get_weights()
+        layer = target.get_layer(f"head{level}_scores")
+        new_kernel, new_bias = layer.get_weights()
+        # The score map holds per_location anchors x labels channels, label fastest.
+        for anchor in range(per_location):
+            for was, now in shared:
+                new_kernel[..., anchor * len(new) + now] = kernel[..., anchor * len(old) + was]
+                new_bias[anchor * len(new) + now] = bias[anchor * len(old) + was]
+        layer.set_weights([new_kernel, new_bias])
+    return target, config

@@ -101,6 +101,29 @@ def test_a_stride_4_level_starts_from_a_trained_detector() -> None:
             _strides(bad)
 
 
+def test_a_detector_learns_new_labels_keeping_the_scores_of_those_it_had() -> None:
+    """`train --detector --from M --labels star,galaxy` where M detects galaxies: the boxes and the
+    galaxy scores are M's exactly (the channels move to the label's new place), star starts anew."""
+    from detection.model import DetectorConfig, build_detector, relabel_detector
+
+    spec = AnchorSpec(input_size=64, strides=(8, 16, 32, 64), sizes=[[8, 12], [16], [32], [48]])
+    source_config = DetectorConfig(backbone="mobilenet_v3_small", alpha=0.75, head_channels=16, anchors=spec)
+    source = build_detector(source_config)
+    rng = np.random.default_rng(4)
+    source.set_weights([rng.normal(0, 0.2, w.shape).astype(np.float32) for w in source.get_weights()])
+    target, config = relabel_detector(source, source_config, ["star", "galaxy"])
+    assert config.labels == ["star", "galaxy"] and config.anchors == spec
+    image = rng.uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+    before, after = source(image), target(image)
+    assert after["scores"].shape == (*before["scores"].shape[:2], 2)
+    np.testing.assert_allclose(after["scores"][..., 1], before["scores"][..., 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(after["boxes"], before["boxes"], rtol=1e-5, atol=1e-5)
+    assert not np.allclose(after["scores"][..., 0], before["scores"][..., 0], atol=1e-3)
+    # Back to galaxies alone: the galaxy channel again.
+    again, _ = relabel_detector(target, config, ["galaxy"])
+    np.testing.assert_allclose(again(image)["scores"][..., 0], before["scores"][..., 0], rtol=1e-5, atol=1e-5)
+
+
 def test_targets_encoded_by_keras_decode_in_the_edge_runtime() -> None:
     """The contract between training and the device: deltas from keras.utils.bounding_boxes
     decode back to the same box with the runtime's numpy decoder."""
@@ -452,6 +475,16 @@ def test_time_budgeted_training_with_workers_ends_its_cosine_and_stops(tmp_path:
     assert all(a >= b for a, b in itertools.pairwise(rates[1:]))
     assert time.time() - started < 90 + 120  # stopped near the budget, not at --epochs
     assert (tmp_path / "run" / "detector.keras").is_file()
+
+    # The trained detector goes on with a label added: a run whose summary detects both.
+    command = _small_training_command(train, steps=2, batch=4, learning_rate=0.001)
+    command += ["--from", str(tmp_path / "run" / "detector.keras"), "--labels", "galaxy,star"]
+    command += ["--epochs", "1", "--out", str(tmp_path / "relabelled")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "['galaxy'] keep the given model's scores" in result.stderr
+    summary = json.loads((tmp_path / "relabelled" / "detector.json").read_text())
+    assert summary["config"]["labels"] == ["galaxy", "star"]
 
 
 def test_bad_workers_and_time_budget_are_clear_errors(tmp_path: Path, run_cli) -> None:
