@@ -127,14 +127,19 @@ class Chain:
         latency["detect"] = _lap(started)
 
         started = time.perf_counter()
-        tracks = self.tracker.update(detections.boxes, detections.scores, frame.index)
+        # The classifier refines the detector's first label (galaxy); boxes of its other labels
+        # (a detector fine-tuned with stars, say) keep theirs.
+        others = [None if c == 0 else self.detector.labels[c] for c in detections.class_ids.tolist()]
+        tracks = self.tracker.update(detections.boxes, detections.scores, frame.index, others)
         latency["track"] = _lap(started)
 
         started = time.perf_counter()
         todo = [
             i
             for i, t in enumerate(tracks)
-            if self.classifier and self.tracker.needs_classification(t, frame.index)
+            if self.classifier
+            and t.detector_label is None
+            and self.tracker.needs_classification(t, frame.index)
         ]
         crops = [square_crop(frame.image, detections.boxes[i], self.settings.crop_scale) for i in todo]
         latency["crop"] = _lap(started)
@@ -149,7 +154,8 @@ class Chain:
         labels, confidences = [], []
         for track in tracks:
             label, confidence = track_label(track, self.class_labels, self.settings.reject_threshold)
-            labels.append(label if self.classifier else self.detector.labels[0])
+            unrefined = not self.classifier and track.detector_label is None
+            labels.append(self.detector.labels[0] if unrefined else label)
             confidences.append(confidence)
         return FrameResult(frame, detections, tracks, labels, confidences, latency)
 
@@ -275,7 +281,7 @@ def run(chain: Chain, source: FrameSource, out: Path, max_frames: int | None = N
     age = np.asarray(ages) if ages else np.zeros(1)
     return RunSummary(
         frames=frames,
-        galaxies=len(chain.tracker.all_tracks()),
+        galaxies=sum(t.detector_label is None for t in chain.tracker.all_tracks()),
         skipped=source.stats.skipped,
         dropped=source.stats.dropped,
         reconnects=source.stats.reconnects,

@@ -97,7 +97,10 @@ class CatalogSink:
 
 
 def track_label(track: Track, labels: list[str], reject_threshold: float) -> tuple[str, float]:
-    """The voted class of a track, or 'uncertain' when its top probability is under the threshold."""
+    """The voted class of a track, or 'uncertain' when its top probability is under the threshold;
+    a track of another detector label (not classified) has that label and its detection score."""
+    if track.detector_label is not None:
+        return track.detector_label, track.score
     probabilities = track.probabilities
     if probabilities is None:
         return UNCERTAIN, 0.0

@@ -3,6 +3,7 @@ classified in, so a static field is not reclassified every frame."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +33,9 @@ class Track:
     last_classified_frame: int = -(10**9)
     box_when_classified: np.ndarray | None = None
     history: list[int] = field(default_factory=list)
+    # The detector's label when it is not the one the classifier refines (a star, say): such a
+    # track is not classified and keeps this label.
+    detector_label: str | None = None
 
     @property
     def probabilities(self) -> np.ndarray | None:
@@ -63,8 +67,15 @@ class IouTracker:
         self.finished: list[Track] = []
         self._next_id = 1
 
-    def update(self, boxes: np.ndarray, scores: np.ndarray, frame_index: int) -> list[Track]:
-        """Associate this frame's boxes with tracks; returns the track of each box, in order."""
+    def update(
+        self,
+        boxes: np.ndarray,
+        scores: np.ndarray,
+        frame_index: int,
+        detector_labels: Sequence[str | None] | None = None,
+    ) -> list[Track]:
+        """Associate this frame's boxes with tracks; returns the track of each box, in order.
+        detector_labels: each box's Track.detector_label (None: the classified kind)."""
         assigned: list[Track | None] = [None] * len(boxes)
         if self.tracks and len(boxes):
             overlaps = iou_matrix(boxes, np.array([t.box for t in self.tracks]))
@@ -86,6 +97,9 @@ class IouTracker:
                 self._next_id += 1
                 self.tracks.append(track)
                 assigned[det] = track
+        if detector_labels is not None:
+            for track, label in zip(assigned, detector_labels, strict=True):
+                track.detector_label = label  # type: ignore[union-attr]
         seen = {id(t) for t in assigned}
         alive = []
         for track in self.tracks:

@@ -98,6 +98,32 @@ def test_static_scene_is_tracked_and_not_reclassified_every_frame(tiny_models, t
     assert all(last == 39 for _, _, last in by_position)
 
 
+def test_boxes_of_another_detector_label_keep_it_and_are_not_classified(tiny_models, tmp_path):
+    """A detector with a second label (galaxy, star): the classifier refines only galaxies; stars keep
+    their label and detection score in the records and the catalogue, and are not counted."""
+
+    class GalaxyStarDetector(Detector):
+        def detect_image(self, image_bgr, offset=(0.0, 0.0)):
+            found = super().detect_image(image_bgr, offset)
+            right = (found.boxes[:, 0] + found.boxes[:, 2]) / 2 > 80  # blobs right of x=80 are stars
+            found.class_ids = np.where(right, 1, 0).astype(found.class_ids.dtype)
+            return found
+
+    detector = GalaxyStarDetector(tiny_models["detector"])
+    detector.labels = ["galaxy", "star"]
+    chain = Chain(detector, Classifier(tiny_models["classifier"]), ChainSettings(annotate=False))
+    summary = run(chain, open_source(str(_write_video(tmp_path / "scene.avi", 3))), tmp_path / "out")
+    assert summary.galaxies == 2  # the red and blue blobs; the green one (x=100) is a star
+    records = [json.loads(line) for line in (tmp_path / "out" / "detections.jsonl").read_text().splitlines()]
+    by_label = {d["label"]: d for d in records[-1]["detections"]}
+    assert set(by_label) == {"red", "blue", "star"}
+    assert "probs" not in by_label["star"] and by_label["star"]["confidence"] == by_label["star"]["score"]
+    stars = [t for t in chain.tracker.all_tracks() if t.detector_label == "star"]
+    assert len(stars) == 1 and stars[0].classifications == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "catalog.csv").open()))
+    assert sorted(r["label"] for r in rows) == ["blue", "red", "star"]
+
+
 def test_stills_in_a_folder_do_not_share_tracks(tiny_models, tmp_path):
     folder = tmp_path / "stills"
     folder.mkdir()
