@@ -292,7 +292,7 @@ def sample_batch(stream: SampleStream, seed: int, index: int, batch_size: int):
 
 
 def _background_rows(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Which (crop, anchor) rows differ from a background anchor's targets (no box, valid)."""
+    """Which (crop, anchor) rows hold a plain background anchor's targets (no box, valid)."""
     background = np.zeros(scores.shape[-1], np.float32)
     background[-1] = 1.0
     return (boxes == 0).all(axis=-1) & (scores == background).all(axis=-1)

@@ -111,8 +111,9 @@ def test_boxes_of_another_detector_label_keep_it_and_are_not_classified(tiny_mod
 
     detector = GalaxyStarDetector(tiny_models["detector"])
     detector.labels = ["galaxy", "star"]
-    chain = Chain(detector, Classifier(tiny_models["classifier"]), ChainSettings(annotate=False))
+    chain = Chain(detector, Classifier(tiny_models["classifier"]), ChainSettings())
     summary = run(chain, open_source(str(_write_video(tmp_path / "scene.avi", 3))), tmp_path / "out")
+    assert len(list((tmp_path / "out" / "annotated").glob("*.jpg"))) == 3  # star boxes drawn too
     assert summary.galaxies == 2  # the red and blue blobs; the green one (x=100) is a star
     records = [json.loads(line) for line in (tmp_path / "out" / "detections.jsonl").read_text().splitlines()]
     by_label = {d["label"]: d for d in records[-1]["detections"]}
