@@ -23,6 +23,11 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "and the others start anew",
     )
     group.add_argument("--input-size", type=int, default=320, help="detector input side in pixels")
+    group.add_argument(
+        "--fpn",
+        action="store_true",
+        help="a top-down pathway (FPN) into the fine levels; with --from, added to the model's network",
+    )
     group.add_argument("--backbone", choices=("mobilenet_v2", "mobilenet_v3_small"), default="mobilenet_v2")
     group.add_argument("--alpha", type=float, default=0.35, help="backbone width multiplier")
     group.add_argument(
@@ -126,6 +131,8 @@ def run_train(args: argparse.Namespace) -> int:
             initial, config = _with_labels(initial, config, labels)
         if args.strides and tuple(args.strides) != tuple(config.anchors.strides):
             initial, config = _with_strides(initial, config, train_frames, args.strides)
+        if args.fpn and not config.fpn:
+            initial, config = _with_fpn(initial, config)
     else:
         config = DetectorConfig(
             backbone=args.backbone,
@@ -133,6 +140,7 @@ def run_train(args: argparse.Namespace) -> int:
             head_channels=args.head_channels,
             labels=labels,
             anchors=anchors_for(train_frames, args.input_size, args.strides or DEFAULT_STRIDES),
+            fpn=args.fpn,
         )
     if args.weights and not args.weights.is_file():
         raise GalaxyEdgeError(f"{args.weights}: no such weights file")
@@ -157,6 +165,19 @@ def run_train(args: argparse.Namespace) -> int:
     )
     print(f"model {args.out / 'detector.keras'}, summary {args.out / 'detector.json'}")
     return 0
+
+
+def _with_fpn(source, source_config):
+    """`source` with a top-down pathway added, computing what it did until training moves it."""
+    import dataclasses
+
+    from detection.model import build_detector, transfer_weights
+
+    config = dataclasses.replace(source_config, fpn=True)
+    model = build_detector(config)
+    copied = transfer_weights(source, source_config, model, config)
+    print(f"fpn: {copied} layers start from the given model's weights", file=sys.stderr)
+    return model, config
 
 
 def _with_labels(source, source_config, labels: list[str]):

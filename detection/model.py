@@ -45,6 +45,7 @@ class DetectorConfig:
     labels: list[str] = field(default_factory=lambda: ["galaxy"])
     anchors: AnchorSpec = field(default_factory=AnchorSpec)
     box_variance: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    fpn: bool = False  # a top-down pathway: each level also sees the coarser levels' features
 
     @property
     def input_size(self) -> int:
@@ -65,6 +66,7 @@ class DetectorConfig:
             labels=list(values.get("labels", ["galaxy"])),
             anchors=AnchorSpec.from_dict(values["anchors"]),
             box_variance=tuple(values.get("box_variance", (0.1, 0.1, 0.2, 0.2))),
+            fpn=bool(values.get("fpn", False)),
         )
 
 
@@ -105,6 +107,34 @@ def _separable(x, channels: int, stride: int, name: str):
     return keras.layers.ReLU(6.0, name=f"{name}_pw_relu")(x)
 
 
+def _top_down(features: list) -> list:
+    """FPN's top-down pathway (Lin et al. 2017) on SSDLite's levels, coarsest first: a level adds
+    the next coarser one (already fused), enlarged to its grid (nearest neighbour, 2x, cropped)
+    and projected to its channels by a 1x1 convolution. The fine levels, tapped early in the
+    backbone, then see deep features too: what galaxies of a few pixels need. The projections
+    start at zero, so a detector given this pathway (--fpn --from M) first computes what M did."""
+    import keras
+    from keras import layers
+
+    fused = list(features)
+    for level in range(len(fused) - 2, -1, -1):
+        height, width, channels = fused[level].shape[1:]
+        # UpSampling2D, not the Resizing preprocessing layer: with it, the model's eager outputs
+        # differed from predict()'s here (Keras 3.15, TensorFlow backend).
+        coarser = layers.UpSampling2D(2, interpolation="nearest", name=f"fpn{level}_up")(fused[level + 1])
+        # Grids are ceil(side / stride): twice the coarser one can exceed this one by a row or column.
+        extra_rows, extra_columns = coarser.shape[1] - height, coarser.shape[2] - width
+        if extra_rows or extra_columns:
+            coarser = layers.Cropping2D(((0, extra_rows), (0, extra_columns)), name=f"fpn{level}_crop")(
+                coarser
+            )
+        projected = layers.Conv2D(
+            channels, 1, kernel_initializer=keras.initializers.Zeros(), name=f"fpn{level}_project"
+        )(coarser)
+        fused[level] = layers.Add(name=f"fpn{level}_add")([fused[level], projected])
+    return fused
+
+
 def build_detector(
     config: DetectorConfig, weights: str | None = None, frame_size: tuple[int, int] | None = None
 ):
@@ -142,6 +172,8 @@ def build_detector(
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"extra{level}_squeeze_bn")(x)
         x = layers.ReLU(6.0, name=f"extra{level}_squeeze_relu")(x)
         features.append(_separable(x, config.head_channels * 2, 2, f"extra{level}"))
+    if config.fpn:
+        features = _top_down(features)
     per_location = spec.per_location
     classes = len(config.labels)
     bias = float(-np.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))

@@ -124,6 +124,32 @@ def test_a_detector_learns_new_labels_keeping_the_scores_of_those_it_had() -> No
     np.testing.assert_allclose(again(image)["scores"][..., 0], before["scores"][..., 0], rtol=1e-5, atol=1e-5)
 
 
+def test_a_top_down_pathway_starts_as_the_model_it_is_added_to() -> None:
+    """`train --detector --from M --fpn`: M's weights, and projections at zero, so the outputs are
+    M's; once the projections move, the finest level's scores change (it sees coarser features)."""
+    from detection.cli import _with_fpn
+    from detection.model import DetectorConfig, build_detector
+
+    spec = AnchorSpec(input_size=96, strides=(8, 16, 32, 64), sizes=[[8, 12], [16], [32], [48]])
+    source_config = DetectorConfig(backbone="mobilenet_v3_small", alpha=0.75, head_channels=16, anchors=spec)
+    source = build_detector(source_config)
+    rng = np.random.default_rng(5)
+    source.set_weights([rng.normal(0, 0.2, w.shape).astype(np.float32) for w in source.get_weights()])
+    target, config = _with_fpn(source, source_config)
+    assert config.fpn and DetectorConfig.from_dict(config.to_dict()).fpn
+    image = rng.uniform(0, 255, (1, 96, 96, 3)).astype(np.float32)
+    before, after = source(image), target(image)
+    np.testing.assert_allclose(after["scores"], before["scores"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(after["boxes"], before["boxes"], rtol=1e-5, atol=1e-5)
+    layer = target.get_layer("fpn0_project")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([rng.normal(0, 0.2, kernel.shape).astype(np.float32), bias])
+    moved = target(image)["scores"]
+    finest = 12 * 12 * spec.per_location  # stride-8 anchors come first
+    assert not np.allclose(moved[:, :finest], before["scores"][:, :finest], atol=1e-3)
+    np.testing.assert_allclose(moved[:, finest:], before["scores"][:, finest:], rtol=1e-5, atol=1e-5)
+
+
 def test_targets_encoded_by_keras_decode_in_the_edge_runtime() -> None:
     """The contract between training and the device: deltas from keras.utils.bounding_boxes
     decode back to the same box with the runtime's numpy decoder."""
@@ -476,15 +502,22 @@ def test_time_budgeted_training_with_workers_ends_its_cosine_and_stops(tmp_path:
     assert time.time() - started < 90 + 120  # stopped near the budget, not at --epochs
     assert (tmp_path / "run" / "detector.keras").is_file()
 
-    # The trained detector goes on with a label added: a run whose summary detects both.
+    # The trained detector goes on with a label and a top-down pathway added: a run whose summary
+    # has both, and whose int8 export is still Edge TPU ready (the pathway's upsampling included).
     command = _small_training_command(train, steps=2, batch=4, learning_rate=0.001)
-    command += ["--from", str(tmp_path / "run" / "detector.keras"), "--labels", "galaxy,star"]
+    command += ["--from", str(tmp_path / "run" / "detector.keras"), "--labels", "galaxy,star", "--fpn"]
     command += ["--epochs", "1", "--out", str(tmp_path / "relabelled")]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "['galaxy'] keep the given model's scores" in result.stderr
     summary = json.loads((tmp_path / "relabelled" / "detector.json").read_text())
-    assert summary["config"]["labels"] == ["galaxy", "star"]
+    assert summary["config"]["labels"] == ["galaxy", "star"] and summary["config"]["fpn"]
+    export = [sys.executable, "-m", "galaxy_edge", "export", str(tmp_path / "relabelled" / "detector.keras")]
+    export += ["--to", "int8", "--data", str(train), "--calibration-count", "20", "--parity-count", "4"]
+    export += ["--out", str(tmp_path / "relabelled_int8.tflite")]
+    result = subprocess.run(export, cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Edge TPU ready: yes" in result.stdout
 
 
 def test_bad_workers_and_time_budget_are_clear_errors(tmp_path: Path, run_cli) -> None:
