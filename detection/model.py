@@ -109,7 +109,7 @@ def _separable(x, channels: int, stride: int, name: str):
 
 def _top_down(features: list) -> list:
     """FPN's top-down pathway (Lin et al. 2017) on SSDLite's levels, coarsest first: a level adds
-    the next coarser one (already fused), enlarged to its grid (nearest neighbour, 2x, cropped)
+    the next coarser one (already fused), enlarged to its grid (bilinear, 2x, cropped)
     and projected to its channels by a 1x1 convolution. The fine levels, tapped early in the
     backbone, then see deep features too: what galaxies of a few pixels need. The projections
     start at zero, so a detector given this pathway (--fpn --from M) first computes what M did."""
@@ -120,8 +120,9 @@ def _top_down(features: list) -> list:
     for level in range(len(fused) - 2, -1, -1):
         height, width, channels = fused[level].shape[1:]
         # UpSampling2D, not the Resizing preprocessing layer: with it, the model's eager outputs
-        # differed from predict()'s here (Keras 3.15, TensorFlow backend).
-        coarser = layers.UpSampling2D(2, interpolation="nearest", name=f"fpn{level}_up")(fused[level + 1])
+        # differed from predict()'s here (Keras 3.15, TensorFlow backend). Bilinear: its nearest
+        # mode converts to TFLite TILE ops, which the Edge TPU lacks; bilinear is RESIZE_BILINEAR.
+        coarser = layers.UpSampling2D(2, interpolation="bilinear", name=f"fpn{level}_up")(fused[level + 1])
         # Grids are ceil(side / stride): twice the coarser one can exceed this one by a row or column.
         extra_rows, extra_columns = coarser.shape[1] - height, coarser.shape[2] - width
         if extra_rows or extra_columns:
