@@ -17,14 +17,14 @@ if [ "$QUICK" = 1 ]; then
     STAMPS=600 TEST_STAMPS=200 TRIALS=2 TUNE_EPOCHS=1 CLASSIFIER_EPOCHS=2 CLASSIFIER_FINE_EPOCHS=1
     CLASSIFIER_FINAL_EPOCHS=1 CLASSIFIER_CLEAN_EPOCHS=1 FRESH_STAMPS=600 CLASSIFIER_FRESH_EPOCHS=1
     FRAMES=12 TEST_FRAMES=4 FRAME_SIZE=640x480 DETECTOR_EPOCHS=2 DETECTOR_FINE_EPOCHS=1 DETECTOR_LAST_EPOCHS=1
-    STEPS=5 PARITY=200
+    FRESH_FRAMES=12 DETECTOR_FRESH_BUDGET=20 STEPS=5 PARITY=200
 else
     OUT=${OUT:-runs/make_train}
     MODELS=${MODELS:-models}
     STAMPS=20000 TEST_STAMPS=3000 TRIALS=12 TUNE_EPOCHS=4 CLASSIFIER_EPOCHS=20 CLASSIFIER_FINE_EPOCHS=12
     CLASSIFIER_FINAL_EPOCHS=16 CLASSIFIER_CLEAN_EPOCHS=10 FRESH_STAMPS=30000 CLASSIFIER_FRESH_EPOCHS=12
     FRAMES=360 TEST_FRAMES=40 FRAME_SIZE=1280x720 DETECTOR_EPOCHS=70 DETECTOR_FINE_EPOCHS=45 DETECTOR_LAST_EPOCHS=42
-    STEPS=100
+    FRESH_FRAMES=1080 DETECTOR_FRESH_BUDGET=5400 STEPS=100
     PARITY=3000
 fi
 DATA=$OUT/data
@@ -86,6 +86,14 @@ $CLI evaluate --classifier --model "$MODELS/galaxy10_classifier_int8.tflite" --d
 step "simulated frames with labelImg XML"
 [ -d "$DATA/det_train" ] || $CLI simulate frames --n "$FRAMES" --size "$FRAME_SIZE" --seed 100 --out "$DATA/det_train"
 [ -d "$DATA/det_test" ] || $CLI simulate frames --n "$TEST_FRAMES" --size "$FRAME_SIZE" --seed 200 --out "$DATA/det_test"
+# The last phase trains on these frames and fresh ones of another seed: one folder whose subfolders
+# are the two sets (the annotation reader walks subfolders; hard links, so nothing is copied).
+if [ ! -d "$DATA/det_train_more" ]; then
+    $CLI simulate frames --n "$FRESH_FRAMES" --size "$FRAME_SIZE" --seed 500 --out "$DATA/det_train_more.part/seed500"
+    cp -al "$DATA/det_train" "$DATA/det_train_more.part/seed100" 2>/dev/null ||
+        cp -a "$DATA/det_train" "$DATA/det_train_more.part/seed100"
+    mv "$DATA/det_train_more.part" "$DATA/det_train_more"
+fi
 
 step "detector (resumes from its checkpoint if interrupted)"
 # MobileNetV3Small (minimalistic: Edge TPU ops) with 64-channel heads: the shipped detector,
@@ -99,10 +107,15 @@ $CLI train --detector --data "$DATA/det_train" --split 0.9,0.1,0 --from "$OUT/de
     --learning-rate 3e-4 --epochs "$DETECTOR_FINE_EPOCHS" --steps-per-epoch "$STEPS" --out "$OUT/detector_fine"
 step "detector, third phase: another cosine schedule from 2e-4 (the shipped one ran under --time-budget 2400)"
 $CLI train --detector --data "$DATA/det_train" --split 0.9,0.1,0 --from "$OUT/detector_fine/detector.keras" \
-    --learning-rate 2e-4 --epochs "$DETECTOR_LAST_EPOCHS" --steps-per-epoch "$STEPS" --out "$OUT/detector"
+    --learning-rate 2e-4 --epochs "$DETECTOR_LAST_EPOCHS" --steps-per-epoch "$STEPS" --out "$OUT/detector_late"
+step "detector, fourth phase: 90 minutes from 3e-4 on four times the frames (the shipped one: 118 epochs)"
+# Every earlier phase saw the same 324 frames; fresh ones gave +0.016 int8 mAP@0.5 on validation frames.
+$CLI train --detector --data "$DATA/det_train_more" --split 0.9,0.1,0 --from "$OUT/detector_late/detector.keras" \
+    --learning-rate 3e-4 --time-budget "$DETECTOR_FRESH_BUDGET" --workers 2 --steps-per-epoch "$STEPS" \
+    --out "$OUT/detector"
 
 step "detector export: int8 (calibrated on training frames) and float32, parity on held-out frames"
-$CLI export "$OUT/detector/detector.keras" --to int8 --data "$DATA/det_test" --calibration-data "$DATA/det_train" \
+$CLI export "$OUT/detector/detector.keras" --to int8 --data "$DATA/det_test" --calibration-data "$DATA/det_train_more" \
     --out "$MODELS/galaxy_detector_int8.tflite"
 $CLI export "$OUT/detector/detector.keras" --to float32 --data "$DATA/det_test" \
     --out "$MODELS/galaxy_detector_float32.tflite"

@@ -240,14 +240,16 @@ def _detections_matched(arm: list[dict], x86: list[dict]) -> tuple[int, int, flo
 # a kernel that rounds one step differently breaks the tie either way). XNNPACK: 196 of 199 crops agree,
 # the 3 others tie under XNNPACK; built-in kernels agree bit for bit.
 AGREEMENT_BOUNDS = {
-    # int8 detector (with box voting): 178 of 203 confident detections at IoU 0.9 with XNNPACK (worst
-    # 0.72); 200 of 202 with built-in kernels (worst 0.85). (The three-phase detector: 172 of 193 and 182
-    # of 188; the two-phase detector: 132 of 152 and 148
+    # int8 detector (with box voting): 152 of 185 confident detections at IoU 0.9 with XNNPACK (worst
+    # 0.02); 179 of 186 with built-in kernels (worst 0.31). The five-phase network is more sensitive to
+    # XNNPACK's rounding than the four-phase one (178 of 203 and 200 of 202) with every int8 calibration
+    # tried: 0.73-0.82 of its confident detections match between XNNPACK and built-in kernels on x86.
+    # (The three-phase detector: 172 of 193 and 182 of 188; the two-phase: 132 of 152 and 148
     # of 153.) Not the runtime version: on x86,
     # tflite-runtime 2.14 and LiteRT 2.3 agree bit for bit (test_tflite_runtime_214.py). arm64's built-in
     # kernels differ from x86's from the first 1x1 CONV_2D on (one step in 0.13% of its outputs, on
     # identical inputs), growing to 8 steps in the box head.
-    ("detector", "default"): 0.86,
+    ("detector", "default"): 0.82,
     ("detector", "builtin"): 0.96,
 }
 
