@@ -57,19 +57,29 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
 
     train = verbs.add_parser(
         "train",
-        help="train the classifier (--classifier) or the detector (--detector)",
+        help="train the classifier (--classifier), the detector (--detector) or the detector's "
+        "verifier (--verifier)",
         formatter_class=formatter,
         epilog="example:\n  galaxy-edge train --classifier --data data/sim.h5 "
         "--config runs/tune/tuning.json --out runs/classifier\n"
         "  galaxy-edge train --detector --data data/det_train --out runs/detector\n"
         "  galaxy-edge train --detector --data MY_LABELIMG_DIR --from models/galaxy_detector.keras "
-        "--out runs/my_detector",
+        "--out runs/my_detector\n"
+        "  galaxy-edge train --verifier --detector-model models/galaxy_detector_int8.tflite "
+        "--data data/det_harvest --out runs/verifier",
     )
     task = train.add_mutually_exclusive_group(required=True)
     task.add_argument("--classifier", action="store_true", help="train the Galaxy10 classifier")
     task.add_argument("--detector", action="store_true", help="train the SSDLite galaxy detector")
+    task.add_argument(
+        "--verifier",
+        action="store_true",
+        help="train a second look at a detector's candidates (--detector-model) on labelImg frames it "
+        "never trained on",
+    )
     _data_options(train)
     detection_cli.add_train_options(train)
+    detection_cli.add_verifier_options(train)
     train.add_argument("--config", type=Path, help="hyperparameters: a tuning.json or a classifier.json")
     train.add_argument("--from", dest="initial", type=Path, help="fine-tune from this .keras model")
     train.add_argument("--epochs", type=int, help="default: 30 (classifier), 40 (detector)")
@@ -253,6 +263,8 @@ def run_tune(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.verifier:
+        return detection_cli.run_train_verifier(args)
     if args.detector:
         if args.frames:
             from galaxy_edge.errors import GalaxyEdgeError

@@ -62,6 +62,44 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_verifier_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("verifier options (--verifier)")
+    group.add_argument(
+        "--detector-model", type=Path, help="the detector .tflite whose candidates the verifier re-scores"
+    )
+    group.add_argument(
+        "--max-side",
+        type=float,
+        default=64.0,
+        help="candidates whose longer side reaches this many pixels keep the detector's score",
+    )
+
+
+def run_train_verifier(args: argparse.Namespace) -> int:
+    from detection.verifier import VerifierConfig, train_verifier
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    if args.detector_model is None:
+        raise GalaxyEdgeError("--verifier needs --detector-model DETECTOR.tflite")
+    if args.data is None:
+        raise GalaxyEdgeError("--verifier needs --data: labelImg frames the detector never trained on")
+    summary = train_verifier(
+        args.detector_model,
+        args.data,
+        args.out,
+        epochs=args.epochs or 8,
+        batch_size=args.batch_size or 256,
+        config=VerifierConfig(max_side=args.max_side),
+    )
+    validation = summary["validation"]
+    print(
+        f"wrote {args.out / 'verifier.keras'}: validation AUC {validation['auc']:.4f} "
+        f"(the detector's score alone {validation['detector_auc']:.4f}) on {validation['candidates']} "
+        "candidates"
+    )
+    return 0
+
+
 def _strides(text: str) -> tuple[int, ...]:
     try:
         strides = tuple(int(v) for v in text.split(","))
@@ -83,6 +121,12 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--score-threshold", type=float, help="default: the model card's")
     group.add_argument("--draw", type=int, default=6, help="draw misses and false positives of N frames")
+    group.add_argument(
+        "--no-verifier",
+        dest="verify",
+        action="store_false",
+        help="leave out the verifier that the detector's card names: the detector's own scores",
+    )
 
 
 def _pairs(folder: Path):
@@ -228,6 +272,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         sky_frames=args.sky_frame,
         score_threshold=args.score_threshold,
         draw=args.draw,
+        verify=args.verify,
     )
     coco = report.get("coco")
     if coco:

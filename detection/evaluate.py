@@ -25,7 +25,14 @@ MAP_SCORE_THRESHOLD = 0.05  # COCO practice: keep low-score detections for the P
 CENTRAL_SIZE_RANGE = (0.06, 1.0)
 
 
-def open_detector(model_path: Path, workdir: Path):
+def map_threshold(detector) -> float:
+    """The score down to which detections count for mAP. A verified detector's candidates are the
+    detector's own down to the verifier's candidate threshold; all of them are kept, with the
+    verifier's scores, so that verified and plain detector rank the same boxes."""
+    return 0.0 if getattr(detector, "verifier", None) is not None else MAP_SCORE_THRESHOLD
+
+
+def open_detector(model_path: Path, workdir: Path, verify: bool = True):
     """An edge Detector for a .tflite (with its card) or a .keras from `train --detector`
     (converted to float32 TFLite in workdir first)."""
     from edge.models import Detector
@@ -39,7 +46,7 @@ def open_detector(model_path: Path, workdir: Path):
         target = workdir / f"{model_path.stem}_float32.tflite"
         export_detector(model_path, target, "float32")
         model_path = target
-    return Detector(model_path)
+    return Detector(model_path, verify=verify)
 
 
 def coco_evaluation(detector, pairs: Sequence, labels: Sequence[str]) -> tuple[dict, list]:
@@ -277,18 +284,21 @@ def evaluate_detector(
     sky_frames: Sequence[Path] = (),
     score_threshold: float | None = None,
     draw: int = 6,
+    verify: bool = True,
 ) -> dict:
     from annotations.dataset import usable_pairs
 
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"model": str(model_path)}
     with tempfile.TemporaryDirectory() as workdir:
-        detector = open_detector(Path(model_path), Path(workdir))
+        detector = open_detector(Path(model_path), Path(workdir), verify)
         threshold = score_threshold if score_threshold is not None else detector.score_threshold
         report["score_threshold"] = threshold
+        if detector.verifier is not None:
+            report["verifier"] = str(detector.verifier.path)
         if data:
             pairs = usable_pairs(data)
-            detector.score_threshold = MAP_SCORE_THRESHOLD
+            detector.score_threshold = map_threshold(detector)
             print(f"evaluating on {len(pairs)} frames of {data}", file=sys.stderr)
             metrics, per_image = coco_evaluation(detector, pairs, detector.labels)
             report["coco"] = metrics

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from edge.interpreter import interpreter_module, load_interpreter, runtime_name
+from edge.model_card import read_model_card
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_MODELS = REPO.parent / "shared" / "data" / "reference_models"
@@ -593,25 +594,33 @@ def _icount_value(entry: dict) -> float:
 def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict) -> dict:
     """Instructions per 1280x720 frame of the whole chain (every tile, every galaxy classified), and
     its stages: detector and classifier invokes (count x per invoke), detection's own work (tiling,
-    input lookup tables, decoding, NMS, tracking) and the crops' (cropping, resizing, softmax)."""
+    input lookup tables, decoding, NMS, tracking), the verification (when the detector's card names
+    a verifier: decoding down to its candidate threshold, patches, invokes, re-scoring) and the
+    crops' (cropping, resizing, softmax)."""
     from edge.icount import per_run
 
     whole, printed = per_run(["chain", str(detector), str(classifier), str(frame)], 1)
     detect_only, _ = per_run(["chain", str(detector), "none", str(frame)], 1)
+    unverified = detect_only
+    if "verifier" in models:
+        unverified, _ = per_run(["chain-unverified", str(detector), "none", str(frame)], 1)
     tiles, crops = (int(v) for v in re.findall(r"TILES (\d+) CROPS (\d+)", printed)[-1])
     detector_invokes = tiles * models["detector"]["instructions_per_invoke"]
     classifier_invokes = crops * models["classifier"]["instructions_per_invoke"]
+    stages = {
+        "detector_invokes": detector_invokes,
+        "detection_tiling_decoding_nms_tracking": unverified - detector_invokes,
+    }
+    if "verifier" in models:
+        stages["verification"] = detect_only - unverified
+    stages["classifier_invokes"] = classifier_invokes
+    stages["cropping_resizing_softmax"] = whole - detect_only - classifier_invokes
     return {
         "instructions_per_frame": whole,
         "frame": str(frame),
         "tiles": tiles,
         "crops": crops,
-        "stages": {
-            "detector_invokes": detector_invokes,
-            "detection_tiling_decoding_nms_tracking": detect_only - detector_invokes,
-            "classifier_invokes": classifier_invokes,
-            "cropping_resizing_softmax": whole - detect_only - classifier_invokes,
-        },
+        "stages": stages,
     }
 
 
@@ -628,6 +637,9 @@ def arm_instruction_counts(
     from edge.icount import per_run
 
     items = {"detector": detector, "classifier": classifier}
+    companion = read_model_card(detector).raw.get("verifier")
+    if companion:
+        items["verifier"] = Path(detector).parent / companion
     if yardsticks:
         ssd = ssd_yardstick()
         if ssd:

@@ -109,7 +109,7 @@ class Chain:
             self.settings.tiling == "auto" and needs_tiling(self.detector, image.shape)
         )
         if not tile:
-            return self.detector.detect_image(image)
+            return self.detector.detect(image)
         return self.rolling.detect(image) if self.rolling else detect_tiled(self.detector, image)
 
     def process(self, frame: Frame, capture_ms: float = 0.0) -> FrameResult:

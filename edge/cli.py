@@ -41,6 +41,16 @@ def _runtime_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _verifier_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-verifier",
+        dest="verify",
+        action="store_false",
+        help="skip the verifier that the detector's card names (its second look at small candidates); "
+        "the detector's own scores and threshold then apply",
+    )
+
+
 def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
     run = verbs.add_parser(
         "run",
@@ -82,6 +92,7 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         default=0.4,
         help="a galaxy whose top class probability is below this is reported 'uncertain'",
     )
+    _verifier_option(run)
     run.add_argument("--rotations", action="store_true", help="average the classifier over 8 rotations/flips")
     run.add_argument("--video", action="store_true", help="write annotated frames as annotated.mp4")
     run.add_argument("--no-annotate", action="store_true", help="do not write annotated frames")
@@ -102,6 +113,7 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     detect.add_argument("--json", action="store_true", help="one JSON object per line")
     detect.add_argument("--tiling", choices=("auto", "on", "off"), default="auto")
     detect.add_argument("--score-threshold", type=_probability, help="default: the model card's")
+    _verifier_option(detect)
     _runtime_options(detect)
     detect.set_defaults(handler=run_detect)
 
@@ -316,7 +328,7 @@ def run_chain(args: argparse.Namespace) -> int:
     from edge.sources import open_source
 
     # Models are loaded first so that a missing or corrupt file fails before any frame is read.
-    detector = Detector(args.detector, args.threads, args.runtime, args.kernels)
+    detector = Detector(args.detector, args.threads, args.runtime, args.kernels, args.verify)
     classifier = Classifier(args.classifier, args.threads, args.runtime, args.kernels)
     settings = ChainSettings(
         tiling=args.tiling,
@@ -364,7 +376,7 @@ def run_detect(args: argparse.Namespace) -> int:
     from edge.chain import Chain, ChainSettings
     from edge.models import Detector
 
-    detector = Detector(args.model, args.threads, args.runtime, args.kernels)
+    detector = Detector(args.model, args.threads, args.runtime, args.kernels, args.verify)
     chain = Chain(detector, None, ChainSettings(tiling=args.tiling, score_threshold=args.score_threshold))
     images = _Images(args.images)
     for path, image in images:

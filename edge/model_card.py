@@ -18,6 +18,11 @@ runtime uses are:
         "box_voting": true,                           # optional: kept boxes = score-weighted means
         "outputs": {"boxes": 0, "scores": 1}          # output tensor order
       },
+      "verifier": "galaxy_verifier_int8.tflite",      # detectors, optional: re-scores candidates
+      "verification": {                               # verifiers only (edge.models.Verifier)
+        "context": 1.5, "max_side": 64, "max_candidates": 512,
+        "candidate_threshold": 0.05, "score_threshold": 0.35
+      },
       "quantization": {"step": 0.0039}                # output score quantization step, for parity checks
     }
 
@@ -34,6 +39,13 @@ from pathlib import Path
 from galaxy_edge.errors import GalaxyEdgeError
 
 FORMAT_VERSION = 1
+VERIFICATION_KEYS = (
+    "context",
+    "max_side",
+    "max_candidates",
+    "candidate_threshold",
+    "score_threshold",
+)
 
 
 @dataclass
@@ -61,6 +73,7 @@ class ModelCard:
     resize: str = "stretch"
     decoding: Decoding | None = None
     score_step: float | None = None
+    verification: dict | None = None
     raw: dict = field(default_factory=dict)
 
 
@@ -104,8 +117,14 @@ def read_model_card(model_path: Path | str) -> ModelCard:
             )
             if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
                 raise KeyError("decoding.anchors_center_yxhw")
-        elif task != "classifier":
-            raise KeyError(f"task (got {task!r}, expected classifier or detector)")
+        verification = None
+        if task == "verifier":
+            verification = dict(raw["verification"])
+            for key in VERIFICATION_KEYS:
+                if key not in verification:
+                    raise KeyError(f"verification.{key}")
+        elif task not in ("classifier", "detector"):
+            raise KeyError(f"task (got {task!r}, expected classifier, detector or verifier)")
         return ModelCard(
             path=path,
             task=task,
@@ -116,6 +135,7 @@ def read_model_card(model_path: Path | str) -> ModelCard:
             resize=model_input.get("resize", "stretch"),
             decoding=decoding,
             score_step=raw.get("quantization", {}).get("step"),
+            verification=verification,
             raw=raw,
         )
     except (KeyError, TypeError, ValueError) as error:

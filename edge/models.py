@@ -4,6 +4,7 @@ frames to the model's input (quantized through a lookup table), invoke, dequanti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class TFLiteModel:
     """A .tflite model with its card: one input image tensor, dequantized float outputs."""
 
     task: str | None = None  # what the card must say (subclasses)
+    extra_inputs = 0  # inputs besides the image that a subclass feeds
 
     def __init__(
         self,
@@ -45,9 +47,11 @@ class TFLiteModel:
         self.interpreter = load_interpreter(self.path, threads, runtime, kernels)
         self.card: ModelCard = read_model_card(self.path)
         details = self.interpreter.get_input_details()
-        if len(details) != 1 or len(details[0]["shape"]) != 4 or details[0]["shape"][3] != 3:
-            raise ModelError(f"{self.path}: expected one (1, H, W, 3) image input, found {details}")
-        self.input = details[0]
+        images = [d for d in details if len(d["shape"]) == 4 and d["shape"][3] == 3]
+        if len(images) != 1 or len(details) > 1 + self.extra_inputs:
+            raise ModelError(f"{self.path}: expected one (B, H, W, 3) image input, found {details}")
+        self.input = images[0]
+        self.other_inputs = [d for d in details if d["index"] != self.input["index"]]
         self.outputs = self.interpreter.get_output_details()
         self.height, self.width = int(self.input["shape"][1]), int(self.input["shape"][2])
         self.input_lut = self._input_lookup_table()
@@ -103,9 +107,12 @@ class TFLiteModel:
             tensor[0, ..., model_channel] = self.input_lut[model_channel][image_bgr[..., frame_channel]]
         return tensor
 
-    def invoke(self, tensor: np.ndarray) -> list[np.ndarray]:
-        """Run the model on an input tensor; float32 outputs in output-detail order."""
+    def invoke(self, tensor: np.ndarray, others: Sequence[np.ndarray] = ()) -> list[np.ndarray]:
+        """Run the model on an input tensor (and the other inputs' quantized tensors, in
+        other_inputs order); float32 outputs in output-detail order."""
         self.interpreter.set_tensor(self.input["index"], tensor)
+        for detail, value in zip(self.other_inputs, others, strict=True):
+            self.interpreter.set_tensor(detail["index"], value)
         self.interpreter.invoke()
         results = []
         for detail in self.outputs:
@@ -249,6 +256,53 @@ class Detector(TFLiteModel):
 
     task = "detector"
 
+    def __init__(
+        self,
+        path: Path | str,
+        threads: int | None = None,
+        runtime: str | None = None,
+        kernels: str = "default",
+        verify: bool = True,
+    ) -> None:
+        super().__init__(path, threads, runtime, kernels)
+        self.verifier: Verifier | None = None
+        companion = self.card.raw.get("verifier")
+        if verify and companion:
+            # The card names the verifier trained on this detector's candidates (beside it).
+            self.verifier = Verifier(self.card.path.parent / companion, threads, runtime, kernels)
+            self.score_threshold = self.verifier.score_threshold
+
+    @property
+    def decode_threshold(self) -> float:
+        """Scores kept when decoding: with a verifier, its candidates (the detector's scores down
+        to the threshold it was trained on), whatever the final threshold."""
+        if self.verifier is None:
+            return self.score_threshold
+        return self.verifier.candidate_threshold
+
+    def rescore(self, frame_bgr: np.ndarray, found: Detections) -> Detections:
+        """The verifier's second look at detections in frame_bgr's pixels (when the card names one)."""
+        if self.verifier is None or not len(found):
+            return found
+        return self.verifier.rescore(frame_bgr, found)
+
+    def keep_confident(self, found: Detections) -> Detections:
+        """Verified detections at the score threshold or above, best first (unverified ones were
+        thresholded when decoded)."""
+        if self.verifier is None:
+            return found
+        order = np.argsort(-found.scores, kind="stable")
+        return found.select(order[found.scores[order] >= self.score_threshold])
+
+    def finish(self, frame_bgr: np.ndarray, found: Detections) -> Detections:
+        """The frame's detections after the verifier's second look and the score threshold: the last
+        step of every whole-frame detection."""
+        return self.keep_confident(self.rescore(frame_bgr, found))
+
+    def detect(self, frame_bgr: np.ndarray) -> Detections:
+        """Detections in a whole frame resized to the input (no tiling), verified."""
+        return self.finish(frame_bgr, self.detect_image(frame_bgr))
+
     def _configure(self) -> None:
         if self.card.decoding is None:
             raise ModelError(f"{self.card.path}: a detector's card needs its decoding parameters")
@@ -288,12 +342,12 @@ class Detector(TFLiteModel):
             candidates_scores = scores.max(axis=1)
             # Compare logits with the threshold's logit: the sigmoid is then computed only
             # for the few candidates, not for every anchor.
-            threshold = np.log(self.score_threshold / (1 - self.score_threshold))
+            threshold = np.log(self.decode_threshold / (1 - self.decode_threshold))
             candidates = np.flatnonzero(candidates_scores >= threshold)
             probabilities = 1 / (1 + np.exp(-scores[candidates]))
         else:  # softmax with background in column 0
             probabilities_all = _softmax(scores)[:, 1:]
-            candidates = np.flatnonzero(probabilities_all.max(axis=1) >= self.score_threshold)
+            candidates = np.flatnonzero(probabilities_all.max(axis=1) >= self.decode_threshold)
             probabilities = probabilities_all[candidates]
         if len(candidates) == 0:
             return Detections.empty()
@@ -323,6 +377,106 @@ class Detector(TFLiteModel):
             for k in ("boxes", "classes", "scores", "count")
         )
         n = int(count[0])
-        keep = np.flatnonzero(scores[:n] >= self.score_threshold)
+        keep = np.flatnonzero(scores[:n] >= self.decode_threshold)
         yx = boxes.reshape(-1, 4)[keep]
         return Detections(yx[:, [1, 0, 3, 2]].clip(0, 1), scores[keep], classes[keep].astype(np.int32))
+
+
+def candidate_patches(
+    frame_bgr: np.ndarray, boxes: np.ndarray, patch: int, context: float, exact_shrink: bool = True
+) -> np.ndarray:
+    """(N, patch, patch, 3) uint8: per box, a square of side max(patch, context x its longer side)
+    around its centre (edges replicated past the frame), shrunk to patch as the runtime shrinks.
+    Small candidates are seen at native scale, where a star's profile differs from a galaxy's."""
+    out = np.empty((len(boxes), patch, patch, 3), np.uint8)
+    height, width = frame_bgr.shape[:2]
+    for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float64).tolist()):
+        side = max(patch, round(context * max(x2 - x1, y2 - y1)))
+        left, top = round((x1 + x2 - side) / 2), round((y1 + y2 - side) / 2)
+        inside = frame_bgr[
+            max(top, 0) : max(min(top + side, height), 0), max(left, 0) : max(min(left + side, width), 0)
+        ]
+        pad = (max(-top, 0), max(top + side - height, 0), max(-left, 0), max(left + side - width, 0))
+        if inside.size == 0:  # a box wholly outside the frame: nothing to see
+            out[i] = 0
+            continue
+        if any(pad):
+            inside = cv2.copyMakeBorder(inside, *pad, cv2.BORDER_REPLICATE)
+        out[i] = resize_like_runtime(inside, patch, patch, exact_shrink)
+    return out
+
+
+def candidate_priors(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(N, 3) what the verifier knows besides the pixels: the detector's logit and log2 of the
+    box's width and height over 16 pixels."""
+    sides = np.maximum(np.asarray(boxes)[:, 2:] - np.asarray(boxes)[:, :2], 1.0)
+    clipped = np.clip(np.asarray(scores, np.float64), 1e-4, 1 - 1e-4)
+    logit = np.log(clipped / (1 - clipped))
+    return np.column_stack([logit, np.log2(sides[:, 0]) - 4, np.log2(sides[:, 1]) - 4]).astype(np.float32)
+
+
+class Verifier(TFLiteModel):
+    """A second look at a detector's candidates: a small CNN scores each candidate's own pixels
+    (candidate_patches) together with the detector's logit and the box size (candidate_priors,
+    its second input). It replaces the scores of up to `max_candidates` candidates under
+    `max_side` pixels (the highest-scoring first); the others keep the detector's."""
+
+    task = "verifier"
+    exact_shrink = True
+    extra_inputs = 1
+
+    def _configure(self) -> None:
+        spec = self.card.verification
+        self.batch = int(self.input["shape"][0])
+        self.patch = self.height
+        self.context = float(spec["context"])
+        self.max_side = float(spec["max_side"])
+        self.max_candidates = int(spec["max_candidates"])
+        self.candidate_threshold = float(spec["candidate_threshold"])
+        self.score_threshold = float(spec["score_threshold"])
+        if self.other_inputs and list(self.other_inputs[0]["shape"]) != [self.batch, 3]:
+            raise ModelError(f"{self.path}: the priors input must be ({self.batch}, 3)")
+
+    def _quantized_priors(self, priors: np.ndarray) -> np.ndarray:
+        detail = self.other_inputs[0]
+        scale, zero_point = detail["quantization"]
+        if np.issubdtype(detail["dtype"], np.integer) and scale:
+            info = np.iinfo(detail["dtype"])
+            priors = np.clip(np.round(priors / scale + zero_point), info.min, info.max)
+        return priors.astype(detail["dtype"])
+
+    def logits(self, patches: np.ndarray, priors: np.ndarray | None = None) -> np.ndarray:
+        """The galaxy logit per candidate: patches uint8 BGR (N, P, P, 3), priors (N, 3) when
+        the model takes them; in batches of the input's."""
+        rgb = self.card.color_order.upper() == "RGB"
+        logits = np.empty(len(patches), np.float32)
+        for start in range(0, len(patches), self.batch):
+            chunk = patches[start : start + self.batch]
+            tensor = np.zeros((self.batch, self.patch, self.patch, 3), np.uint8)
+            tensor[: len(chunk)] = chunk[..., ::-1] if rgb else chunk
+            if self.input_is_shifted_pixels:
+                np.bitwise_xor(tensor, np.uint8(0x80), out=tensor)
+                tensor = tensor.view(np.int8)
+            else:
+                tensor = np.stack([self.input_lut[c][tensor[..., c]] for c in range(3)], axis=-1)
+            others = []
+            if self.other_inputs:
+                padded = np.zeros((self.batch, 3), np.float32)
+                padded[: len(chunk)] = priors[start : start + self.batch]
+                others = [self._quantized_priors(padded)]
+            logits[start : start + len(chunk)] = self.invoke(tensor, others)[0].reshape(-1)[: len(chunk)]
+        return logits
+
+    def rescore(self, frame_bgr: np.ndarray, found: Detections) -> Detections:
+        """The detections with the chosen candidates' scores replaced by the verifier's."""
+        sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
+        chosen = np.flatnonzero(sides < self.max_side)
+        chosen = chosen[np.argsort(-found.scores[chosen], kind="stable")[: self.max_candidates]]
+        if not len(chosen):
+            return found
+        boxes, scores = found.boxes[chosen], found.scores[chosen]
+        patches = candidate_patches(frame_bgr, boxes, self.patch, self.context)
+        logit = self.logits(patches, candidate_priors(boxes, scores))
+        rescored = found.scores.copy()
+        rescored[chosen] = 1 / (1 + np.exp(-logit))
+        return Detections(found.boxes, rescored.astype(np.float32), found.class_ids)

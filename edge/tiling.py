@@ -134,7 +134,7 @@ def detect_tiled(detector: Detector, frame_bgr: np.ndarray, overlap: int | None 
     parts = [
         detect_tile(detector, frame_bgr, tile) for tile in tile_layout(detector, frame_bgr.shape, overlap)
     ]
-    return merge_tiles(parts, detector.iou_threshold, detector.containment)
+    return detector.finish(frame_bgr, merge_tiles(parts, detector.iou_threshold, detector.containment))
 
 
 class RollingTiles:
@@ -155,14 +155,21 @@ class RollingTiles:
         if frame_bgr.shape != self.shape:
             self.shape = frame_bgr.shape
             self.tiles = tile_layout(self.detector, frame_bgr.shape)
-            self.latest = [detect_tile(self.detector, frame_bgr, tile) for tile in self.tiles]
+            self.latest = [self._detect_verified(frame_bgr, tile) for tile in self.tiles]
             self.cursor = 0
         else:
             for _ in range(min(self.per_frame, len(self.tiles))):
-                self.latest[self.cursor] = detect_tile(self.detector, frame_bgr, self.tiles[self.cursor])
+                self.latest[self.cursor] = self._detect_verified(frame_bgr, self.tiles[self.cursor])
                 self.cursor = (self.cursor + 1) % len(self.tiles)
         parts = [part for part in self.latest if part is not None]
-        return merge_tiles(parts, self.detector.iou_threshold, self.detector.containment)
+        merged = merge_tiles(parts, self.detector.iou_threshold, self.detector.containment)
+        return self.detector.keep_confident(merged)
+
+    def _detect_verified(self, frame_bgr: np.ndarray, tile: tuple[int, int, int, int]):
+        # Each tile's candidates are verified when the tile runs (patches from the whole frame), so
+        # a frame costs only its refreshed tiles' verification too.
+        found, cut = detect_tile(self.detector, frame_bgr, tile)
+        return self.detector.rescore(frame_bgr, found), cut
 
     @property
     def refresh_frames(self) -> int:
@@ -182,4 +189,4 @@ def detect_frame(detector: Detector, frame_bgr: np.ndarray) -> Detections:
     whole frame resized."""
     if needs_tiling(detector, frame_bgr.shape):
         return detect_tiled(detector, frame_bgr)
-    return detector.detect_image(frame_bgr)
+    return detector.detect(frame_bgr)

@@ -22,9 +22,8 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     export.add_argument(
         "--data",
         type=Path,
-        required=True,
         help="classifier: labelled .h5 or class folders; detector: a labelImg folder of frames; "
-        "calibration images for int8 and the parity check",
+        "calibration images for int8 and the parity check (a verifier brings its own: not needed)",
     )
     export.add_argument("--scheme", choices=("decals", "sdss"))
     export.add_argument(
@@ -56,6 +55,11 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "classes, scores, count) for tools that expect that layout; decoding otherwise happens in edge/",
     )
     export.add_argument(
+        "--detector",
+        type=Path,
+        help="verifier: the detector .tflite whose card is to name this verifier (same folder)",
+    )
+    export.add_argument(
         "--out", type=Path, required=True, help="the .tflite to write (card and report beside it)"
     )
     export.set_defaults(handler=run_export)
@@ -66,8 +70,15 @@ def calibration_source(args: argparse.Namespace) -> Path:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from detection.verifier import is_verifier
     from export.detector import is_detector
 
+    if is_verifier(args.model):
+        return run_export_verifier(args)
+    if args.data is None:
+        from galaxy_edge.errors import GalaxyEdgeError
+
+        raise GalaxyEdgeError("--data is needed to export a classifier or a detector")
     if is_detector(args.model):
         return run_export_detector(args)
     import keras
@@ -212,6 +223,29 @@ def run_export_detector(args: argparse.Namespace) -> int:
         + f" on {len(pairs)} frames"
     )
     _print_readiness(readiness, report_json, report_md)
+    return 0
+
+
+def run_export_verifier(args: argparse.Namespace) -> int:
+    from export.reports import edgetpu_readiness
+    from export.verifier import export_verifier
+
+    parity = export_verifier(
+        args.model, args.out, args.to, args.score_threshold, args.calibration_count, args.detector
+    )
+    print(
+        f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB): validation AUC float32 "
+        f"{parity['float32_auc']:.4f}, {args.to} {parity[args.to + '_auc']:.4f}, largest probability "
+        f"difference {parity['max_probability_difference']:.3f} on {parity['candidates']} candidates"
+    )
+    if args.detector:
+        print(f"{args.detector}'s card now names {args.out.name}")
+    if args.to == "int8":
+        readiness = edgetpu_readiness(args.out)
+        print(
+            f"Edge TPU ready: {'yes' if readiness['ready'] else 'no'}"
+            + "".join(f"\n  {p}" for p in readiness["problems"])
+        )
     return 0
 
 

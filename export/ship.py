@@ -32,6 +32,10 @@ def merge_evaluation(card_path: Path, evaluation_path: Path) -> Path:
     card = json.loads(card_path.read_text())
     report = json.loads(evaluation_path.read_text())
     metrics = card.setdefault("metrics", {})
+    if report.get("verifier"):
+        # A detector evaluated with its verifier: those figures go beside the detector's own.
+        metrics = metrics.setdefault("with_verifier", {})
+        metrics["verifier"] = Path(report["verifier"]).name
     metrics["evaluated_model"] = report.get("model")
     if "data" in report and "accuracy" in report.get("data", {}):  # classifier
         data = report["data"]
@@ -72,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
     parser.add_argument("--card", type=Path, action="append", default=[])
-    parser.add_argument("--evaluation", type=Path)
+    parser.add_argument(
+        "--evaluation", type=Path, action="append", default=[], help="evaluation reports, merged in order"
+    )
     args = parser.parse_args(argv)
     ship_keras(args.source, args.target)
     for card in args.card:
-        if args.evaluation:
-            merge_evaluation(card, args.evaluation)
+        for evaluation in args.evaluation:
+            merge_evaluation(card, evaluation)
     print(f"shipped {args.target}")
     return 0
 

@@ -17,14 +17,14 @@ if [ "$QUICK" = 1 ]; then
     STAMPS=600 TEST_STAMPS=200 TRIALS=2 TUNE_EPOCHS=1 CLASSIFIER_EPOCHS=2 CLASSIFIER_FINE_EPOCHS=1
     CLASSIFIER_FINAL_EPOCHS=1 CLASSIFIER_CLEAN_EPOCHS=1 FRESH_STAMPS=600 CLASSIFIER_FRESH_EPOCHS=1
     FRAMES=12 TEST_FRAMES=4 FRAME_SIZE=640x480 DETECTOR_EPOCHS=2 DETECTOR_FINE_EPOCHS=1 DETECTOR_LAST_EPOCHS=1
-    FRESH_FRAMES=12 DETECTOR_FRESH_BUDGET=20 STEPS=5 PARITY=200
+    FRESH_FRAMES=12 DETECTOR_FRESH_BUDGET=20 STEPS=5 PARITY=200 VERIFIER_FRAMES=12 VERIFIER_EPOCHS=1
 else
     OUT=${OUT:-runs/make_train}
     MODELS=${MODELS:-models}
     STAMPS=20000 TEST_STAMPS=3000 TRIALS=12 TUNE_EPOCHS=4 CLASSIFIER_EPOCHS=20 CLASSIFIER_FINE_EPOCHS=12
     CLASSIFIER_FINAL_EPOCHS=16 CLASSIFIER_CLEAN_EPOCHS=10 FRESH_STAMPS=30000 CLASSIFIER_FRESH_EPOCHS=12
     FRAMES=360 TEST_FRAMES=40 FRAME_SIZE=1280x720 DETECTOR_EPOCHS=70 DETECTOR_FINE_EPOCHS=45 DETECTOR_LAST_EPOCHS=42
-    FRESH_FRAMES=1080 DETECTOR_FRESH_BUDGET=5400 STEPS=100
+    FRESH_FRAMES=1080 DETECTOR_FRESH_BUDGET=5400 STEPS=100 VERIFIER_FRAMES=400 VERIFIER_EPOCHS=8
     PARITY=3000
 fi
 DATA=$OUT/data
@@ -120,12 +120,23 @@ $CLI export "$OUT/detector/detector.keras" --to int8 --data "$DATA/det_test" --c
 $CLI export "$OUT/detector/detector.keras" --to float32 --data "$DATA/det_test" \
     --out "$MODELS/galaxy_detector_float32.tflite"
 
+step "verifier: a second look at the int8 detector's candidates, trained on frames it never saw"
+[ -d "$DATA/det_harvest" ] ||
+    $CLI simulate frames --n "$VERIFIER_FRAMES" --size "$FRAME_SIZE" --seed 600 --out "$DATA/det_harvest"
+$CLI train --verifier --detector-model "$MODELS/galaxy_detector_int8.tflite" --data "$DATA/det_harvest" \
+    --epochs "$VERIFIER_EPOCHS" --out "$OUT/verifier"
+# The card's threshold is the detector's: boxes over 64 pixels are not verified and share it.
+$CLI export "$OUT/verifier/verifier.keras" --to int8 --score-threshold 0.35 \
+    --detector "$MODELS/galaxy_detector_int8.tflite" --out "$MODELS/galaxy_verifier_int8.tflite"
+
 step "detector evaluation: simulated held-out frames, real GZ2 central galaxies, the real SDSS field"
 SKY=../shared/data/sky_frames/sdss_1045_301_2_129.jpg
 SKY_ARGS=()
 [ -f "$SKY" ] && SKY_ARGS=(--sky-frame "$SKY")
 GZ2_ARGS=()
 [ -d ../shared/data/gz2_kaggle_1400 ] && GZ2_ARGS=(--gz2)
+$CLI evaluate --detector --model "$MODELS/galaxy_detector_int8.tflite" --data "$DATA/det_test" --no-verifier \
+    "${GZ2_ARGS[@]}" --out "$OUT/detector/eval_alone"
 $CLI evaluate --detector --model "$MODELS/galaxy_detector_int8.tflite" --data "$DATA/det_test" \
     "${GZ2_ARGS[@]}" "${SKY_ARGS[@]}" --out "$OUT/detector/eval"
 
@@ -135,7 +146,9 @@ step "Keras checkpoints for fine-tuning (without optimizer state) beside the int
 .venv/bin/python -m export.ship "$OUT/classifier/classifier.keras" "$MODELS/galaxy10_classifier.keras" \
     --card "$MODELS/galaxy10_classifier_int8.json" --evaluation "$OUT/classifier/eval_int8/evaluation.json"
 .venv/bin/python -m export.ship "$OUT/detector/detector.keras" "$MODELS/galaxy_detector.keras" \
-    --card "$MODELS/galaxy_detector_int8.json" --evaluation "$OUT/detector/eval/report.json"
-[ "$QUICK" = 1 ] || cp "$OUT/detector/eval/sdss_1045_301_2_129_detections.jpg" docs/ 2>/dev/null || true
+    --card "$MODELS/galaxy_detector_int8.json" --evaluation "$OUT/detector/eval_alone/report.json" \
+    --evaluation "$OUT/detector/eval/report.json"
+[ "$QUICK" = 1 ] || cp "$OUT/detector/eval/sdss_1045_301_2_129_detections.jpg" docs/detector_sdss_field.jpg \
+    2>/dev/null || true
 
 step "done in $(( $(date +%s) - started )) s; models in $MODELS"

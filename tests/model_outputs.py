@@ -37,6 +37,8 @@ def main(models: Path, samples: Path, kernels: str = "default") -> None:
     output: dict = {}
     for path in sorted(models.glob("*.tflite")):
         card = json.loads(path.with_suffix(".json").read_text())
+        if card["task"] == "verifier":
+            continue  # it runs inside detect_frame of the detector whose card names it
         int8 = card.get("input", {}).get("dtype") == "int8"
         # Emulated float arithmetic is 200-400x slower than native: float models see a third of the
         # crops and the frames under 0.2 megapixel (the int8 models, which Pi users run, see them all).

@@ -127,3 +127,54 @@ def build_classifier(folder: Path, name: str = "tiny_classifier_int8") -> Path:
     }
     (folder / f"{name}.json").write_text(json.dumps(card))
     return path
+
+
+VERIFIER_PATCH = 8
+
+
+def build_verifier(folder: Path, name: str = "tiny_verifier_int8", batch: int = 4) -> Path:
+    """A "blue light" verifier: logit = 40 x (mean blue of the patch, 0-1) + 6 x (the prior's
+    log2(width / 16)) - 2, over 8x8 BGR patches and their priors in batches of 4."""
+    import keras
+
+    from export.tflite import convert
+
+    patches = keras.Input((VERIFIER_PATCH, VERIFIER_PATCH, 3), name="patch")
+    priors = keras.Input((3,), name="priors")
+    weights = np.zeros((VERIFIER_PATCH, VERIFIER_PATCH, 3, 1), np.float32)
+    weights[:, :, 0, 0] = 40.0 / (255 * VERIFIER_PATCH**2)  # BGR: channel 0 is blue
+    conv = keras.layers.Conv2D(
+        1,
+        VERIFIER_PATCH,
+        kernel_initializer=keras.initializers.Constant(weights),
+        bias_initializer=keras.initializers.Constant(-2.0),
+    )
+    prior = keras.layers.Dense(
+        1,
+        kernel_initializer=keras.initializers.Constant(np.array([[0.0], [6.0], [0.0]], np.float32)),
+        use_bias=False,
+    )
+    logit = keras.layers.Add()([keras.layers.Reshape((1,))(conv(patches)), prior(priors)])
+    model = keras.Model([patches, priors], logit)
+    rng = np.random.default_rng(2)
+    representative = rng.integers(0, 256, (32, VERIFIER_PATCH, VERIFIER_PATCH, 3)).astype(np.uint8)
+    representative[::3] = 0
+    representative[1::3, ..., 0] = 255
+    prior_values = rng.uniform(-4, 4, (32, 3)).astype(np.float32)
+    path = folder / f"{name}.tflite"
+    path.write_bytes(convert(model, "int8", [representative, prior_values], 8, batch=batch))
+    card = {
+        "format_version": 1,
+        "task": "verifier",
+        "labels": ["galaxy"],
+        "input": {"color_order": "BGR", "mean": [0, 0, 0], "std": [1, 1, 1], "resize": "patch"},
+        "verification": {
+            "context": 1.5,
+            "max_side": 64,
+            "max_candidates": 512,
+            "candidate_threshold": 0.05,
+            "score_threshold": 0.5,
+        },
+    }
+    (folder / f"{name}.json").write_text(json.dumps(card))
+    return path

@@ -64,7 +64,7 @@ def main() -> None:
 
     def detect_frame(detector: Detector, frame: np.ndarray) -> Detections:
         if not tiling.needs_tiling(detector, frame.shape):
-            found = detector.detect_image(frame)
+            found = detector.detect(frame)
         else:
             layout = tiling.tile_layout(detector, frame.shape)
             parts = [tiling.detect_tile(detector, frame, tile) for tile in layout]
@@ -73,7 +73,8 @@ def main() -> None:
                 parts.append((whole, np.zeros(len(whole), bool)))
             if args.upscale:
                 parts += upscaled(detector, frame, args.upscale)
-            found = tiling.merge_tiles(parts, detector.iou_threshold, detector.containment)
+            merged = tiling.merge_tiles(parts, detector.iou_threshold, detector.containment)
+            found = detector.finish(frame, merged)
         if args.galaxies_only:
             found = found.select(np.flatnonzero(found.class_ids == detector.labels.index("galaxy")))
         return found

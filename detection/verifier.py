@@ -1,0 +1,206 @@
+"""`galaxy-edge train --verifier`: a second look at a detector's candidates.
+
+The detector ranks small galaxies like the stars around them: at stride 8 and beyond it has lost
+the few pixels that tell a point source from an extended one. The verifier sees each candidate's
+own pixels at native scale (edge.models.candidate_patches) and learns, on frames the detector never
+trained on, which of its candidates match a galaxy (IoU 0.5 with a box that is not `difficult`).
+Besides the pixels it takes the detector's logit and the box size (edge.models.candidate_priors),
+so it learns what the detector's score misses, and how much that matters at each score and size.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from galaxy_edge.errors import GalaxyEdgeError
+
+
+@dataclass
+class VerifierConfig:
+    patch: int = 32  # native pixels: covers the galaxies the detector loses (under 16-32 pixels)
+    context: float = 1.5  # a larger candidate's patch is 1.5x its longer side, shrunk to `patch`
+    max_side: float = 64.0  # candidates at least this long keep the detector's score (see README)
+    max_candidates: int = 512  # per frame, the highest-scoring first: bounds the cost on crowded fields
+    candidate_threshold: float = 0.05  # the detector's scores kept as candidates
+
+
+def harvest_candidates(detector_path: Path, frames: Path, config: VerifierConfig) -> dict[str, np.ndarray]:
+    """The detector's candidates on a labelImg folder: patches, priors, labels (1 galaxy, 0 not,
+    -1 a `difficult` galaxy, left out of training) and the frame index of each."""
+    import cv2
+
+    from annotations.dataset import usable_pairs
+    from edge.models import Detector, candidate_patches, candidate_priors
+    from edge.tiling import detect_frame
+    from edge.tracking import iou_matrix
+
+    detector = Detector(detector_path, verify=False)
+    detector.score_threshold = config.candidate_threshold
+    pairs = usable_pairs(frames)
+    parts: dict[str, list[np.ndarray]] = {"patches": [], "priors": [], "labels": [], "frames": []}
+    for index, (image_path, annotation) in enumerate(pairs):
+        frame = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        if frame is None:
+            raise GalaxyEdgeError(f"{image_path}: cannot read the image")
+        found = detect_frame(detector, frame)
+        # Every size trains (larger candidates teach what galaxies look like too); the runtime
+        # re-scores only those under max_side.
+        chosen = _verified(found.boxes, found.scores, config, np.inf)
+        boxes, scores = found.boxes[chosen], found.scores[chosen]
+        galaxies = [b for b in annotation.boxes if b.name == detector.labels[0]]
+        truth = np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for b in galaxies], np.float32).reshape(-1, 4)
+        labels = np.zeros(len(boxes), np.int8)
+        if len(truth) and len(boxes):
+            overlaps = iou_matrix(boxes, truth)
+            best, matched = overlaps.argmax(axis=1), overlaps.max(axis=1) >= 0.5
+            difficult = np.array([b.difficult for b in galaxies], bool)[best]
+            labels[matched] = np.where(difficult[matched], -1, 1)
+        parts["patches"].append(candidate_patches(frame, boxes, config.patch, config.context))
+        parts["priors"].append(candidate_priors(boxes, scores))
+        parts["labels"].append(labels)
+        parts["frames"].append(np.full(len(boxes), index, np.int32))
+        if index % 100 == 0:
+            count = sum(map(len, parts["labels"]))
+            print(f"harvest: {index + 1}/{len(pairs)} frames, {count} candidates", file=sys.stderr)
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+
+
+def _verified(boxes: np.ndarray, scores: np.ndarray, config: VerifierConfig, max_side: float) -> np.ndarray:
+    """The candidates under max_side, the best max_candidates first (edge.models.Verifier.rescore
+    chooses the same way)."""
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    chosen = np.flatnonzero(sides < max_side)
+    return chosen[np.argsort(-scores[chosen], kind="stable")[: config.max_candidates]]
+
+
+def build_verifier(patch: int):
+    """Inputs: candidate patches (pixels 0-255) and priors (edge.models.candidate_priors); output:
+    the galaxy logit. The priors join the CNN's features before the last two layers, so how much
+    the pixels count can depend on the detector's score and the box size."""
+    import keras
+    from keras import layers
+
+    def separable(x, channels: int, stride: int):
+        x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.ReLU(6.0)(x)
+        x = layers.Conv2D(channels, 1, use_bias=False)(x)
+        x = layers.BatchNormalization()(x)
+        return layers.ReLU(6.0)(x)
+
+    pixels = keras.Input((patch, patch, 3), name="patch")
+    priors = keras.Input((3,), name="priors")
+    x = layers.Rescaling(1 / 127.5, -1)(pixels)
+    x = layers.Conv2D(8, 3, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU(6.0)(x)
+    for channels, stride in ((16, 2), (16, 1), (32, 2), (32, 1), (32, 2)):
+        x = separable(x, channels, stride)
+    x = layers.Concatenate()([layers.Flatten()(x), priors])
+    x = layers.Dense(32)(x)
+    x = layers.ReLU(6.0)(x)
+    return keras.Model([pixels, priors], layers.Dense(1, name="galaxy_logit")(x), name="verifier")
+
+
+def train_verifier(
+    detector_path: Path,
+    frames: Path,
+    out: Path,
+    epochs: int = 8,
+    batch_size: int = 256,
+    config: VerifierConfig | None = None,
+    seed: int = 0,
+) -> dict:
+    """Harvest the detector's candidates on `frames`, train, and write out/verifier.keras (best
+    validation loss; every tenth frame validates), out/verifier.json and out/calibration.npz
+    (validation candidates, for int8 calibration and the export's parity check)."""
+    import keras
+
+    config = config or VerifierConfig()
+    if not Path(detector_path).is_file():
+        raise GalaxyEdgeError(f"{detector_path}: no such detector (train --verifier --detector-model)")
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(seed)
+    data = harvest_candidates(detector_path, frames, config)
+    usable = data["labels"] >= 0
+    patches, priors = data["patches"][usable], data["priors"][usable]
+    labels, frame_index = data["labels"][usable].astype(np.float32), data["frames"][usable]
+    validation = frame_index % 10 == 0
+    if labels[~validation].sum() < 1 or labels[validation].sum() < 1 or (labels == 0).sum() < 1:
+        raise GalaxyEdgeError(f"{frames}: too few candidates of both kinds to train a verifier")
+    print(
+        f"{len(labels)} candidates ({labels.mean():.3f} galaxies), {validation.sum()} for validation",
+        file=sys.stderr,
+    )
+    model = build_verifier(config.patch)
+    model.compile(
+        keras.optimizers.Adam(2e-3),
+        keras.losses.BinaryCrossentropy(from_logits=True),
+        metrics=[keras.metrics.AUC(from_logits=True, name="auc")],
+    )
+    rng = np.random.default_rng(seed)
+    fit_index = np.flatnonzero(~validation)
+    steps = max(1, len(fit_index) // batch_size)
+
+    def batches():
+        # A galaxy has no preferred orientation: each batch turns and flips its patches.
+        while True:
+            order = rng.permutation(fit_index)
+            for step in range(steps):
+                take = order[step * batch_size : (step + 1) * batch_size]
+                views = np.rot90(patches[take], int(rng.integers(4)), axes=(1, 2))
+                if rng.random() < 0.5:
+                    views = views[:, :, ::-1]
+                yield (np.ascontiguousarray(views), priors[take]), labels[take]
+
+    target = out / "verifier.keras"
+    history = model.fit(
+        batches(),
+        steps_per_epoch=steps,
+        epochs=epochs,
+        validation_data=((patches[validation], priors[validation]), labels[validation]),
+        callbacks=[keras.callbacks.ModelCheckpoint(target, monitor="val_loss", save_best_only=True)],
+        shuffle=False,  # the generator shuffles
+        verbose=2,
+    )
+    best = keras.models.load_model(target)
+    logits = best.predict((patches[validation], priors[validation]), batch_size=1024, verbose=0).reshape(-1)
+    summary = {
+        "task": "verifier",
+        "config": asdict(config),
+        "detector": str(detector_path),
+        "frames": str(frames),
+        "candidates": len(labels),
+        "galaxy_fraction": float(labels.mean()),
+        "validation": {
+            "candidates": int(validation.sum()),
+            "auc": _auc(labels[validation], logits),
+            "detector_auc": _auc(labels[validation], priors[validation, 0]),
+        },
+        "epochs": epochs,
+        "history": {k: [float(v) for v in values] for k, values in history.history.items()},
+    }
+    (out / "verifier.json").write_text(json.dumps(summary, indent=1))
+    np.savez_compressed(
+        out / "calibration.npz",
+        patches=patches[validation],
+        priors=priors[validation],
+        labels=labels[validation],
+    )
+    return summary
+
+
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+def is_verifier(model_path: Path) -> bool:
+    summary = Path(model_path).with_suffix(".json")
+    return summary.is_file() and json.loads(summary.read_text()).get("task") == "verifier"

@@ -1,0 +1,105 @@
+"""Export a verifier (`train --verifier`): TFLite with a fixed batch (two inputs: patches and
+priors), the runtime's settings in its card, and its name in its detector's card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from edge.model_card import FORMAT_VERSION, card_path
+from export.card import save_card, tensor_facts
+from galaxy_edge.errors import GalaxyEdgeError
+
+BATCH = 32  # patches per invoke: a crowded frame's 512 candidates take 16 invokes, not 512
+
+
+def export_verifier(
+    model_path: Path,
+    out: Path,
+    to: str,
+    score_threshold: float,
+    calibration_count: int,
+    detector: Path | None = None,
+) -> dict:
+    """Write out (.tflite), its card and the float/int8 parity on the training's validation candidates."""
+    import keras
+
+    from edge.models import Verifier
+    from export.tflite import convert
+
+    model_path = Path(model_path)
+    summary = json.loads(model_path.with_suffix(".json").read_text())
+    calibration_file = model_path.parent / "calibration.npz"
+    if not calibration_file.is_file():
+        raise GalaxyEdgeError(f"{calibration_file}: not found (train --verifier writes it beside the model)")
+    calibration = np.load(calibration_file)
+    model = keras.models.load_model(model_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    count = max(1, calibration_count // BATCH)
+    representative = [calibration["patches"], calibration["priors"]]
+    out.write_bytes(convert(model, to, representative, count, batch=BATCH))
+    config = summary["config"]
+    facts = tensor_facts(out)
+    card = {
+        "format_version": FORMAT_VERSION,
+        "task": "verifier",
+        "name": out.stem,
+        "labels": ["galaxy"],
+        "input": {
+            "color_order": "BGR",  # patches are cut from OpenCV's frames as they are
+            "mean": [0, 0, 0],
+            "std": [1, 1, 1],
+            "resize": "patch",
+            "note": "raw 0-255 pixels of candidate patches (edge.models.candidate_patches)",
+            **next(i for i in facts["inputs"] if len(i["shape"]) == 4),
+        },
+        "outputs": facts["outputs"],
+        "quantization": {"step": facts["outputs"][0]["quantization"]["scale"]},
+        "verification": {
+            "context": config["context"],
+            "max_side": config["max_side"],
+            "max_candidates": config["max_candidates"],
+            "candidate_threshold": config["candidate_threshold"],
+            "score_threshold": score_threshold,
+        },
+        "training": {k: v for k, v in summary.items() if k != "history"},
+    }
+    save_card(out, card)
+    # Parity: the exported verifier against the Keras model on the validation candidates.
+    runtime = Verifier(out)
+    exported = runtime.logits(calibration["patches"], calibration["priors"])
+    reference = model.predict((calibration["patches"], calibration["priors"]), batch_size=1024, verbose=0)
+    reference = reference.reshape(-1)
+    from sklearn.metrics import roc_auc_score
+
+    labels = calibration["labels"]
+    parity = {
+        "candidates": len(labels),
+        "float32_auc": float(roc_auc_score(labels, reference)),
+        f"{to}_auc": float(roc_auc_score(labels, exported)),
+        "max_probability_difference": float(np.abs(_sigmoid(exported) - _sigmoid(reference)).max()),
+    }
+    card["metrics"] = parity
+    save_card(out, card)
+    if detector is not None:
+        attach_verifier(detector, out)
+    return parity
+
+
+def attach_verifier(detector: Path, verifier: Path) -> Path:
+    """Name the verifier in the detector's card (they must share a folder)."""
+    detector_card = card_path(detector)
+    if Path(verifier).resolve().parent != Path(detector).resolve().parent:
+        raise GalaxyEdgeError(f"{verifier}: a verifier must sit beside its detector {detector}")
+    if not detector_card.is_file():
+        raise GalaxyEdgeError(f"model card not found: {detector_card}")
+    values = json.loads(detector_card.read_text())
+    values["verifier"] = Path(verifier).name
+    detector_card.write_text(json.dumps(values, indent=1))
+    return detector_card
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))

@@ -1,0 +1,226 @@
+"""The verifier: candidate patches and priors on tiny arrays, the runtime's re-scoring with a tiny
+hand-set verifier, and (slow) training and exporting one for the shipped detector."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.interpreter import ModelError
+from edge.models import Detector, Verifier, candidate_patches, candidate_priors
+from edge.tiling import detect_frame
+from galaxy_edge.errors import GalaxyEdgeError
+from tests.conftest import blob_frame
+
+WHITE, YELLOW = (255, 255, 255), (0, 255, 255)  # BGR: yellow has no blue
+
+
+def test_small_candidates_are_seen_at_native_scale() -> None:
+    frame = np.zeros((40, 50, 3), np.uint8)
+    frame[20, 30] = 200
+    patch = candidate_patches(frame, np.array([[26.0, 16.0, 35.0, 25.0]]), 8, 1.5)
+    # The box is 9 pixels: a 14-pixel square (1.5 x 9, rounded) around (30.5, 20.5), shrunk to 8.
+    assert patch.shape == (1, 8, 8, 3) and patch.dtype == np.uint8
+    native = candidate_patches(frame, np.array([[27.0, 17.0, 33.0, 23.0]]), 8, 1.0)[0]
+    # 6 pixels with no context: the 8-pixel minimum, the frame's own pixels, the point at (4, 4)
+    # (the square starts at round(30 - 4) = 26, round(20 - 4) = 16).
+    assert native[4, 4, 0] == 200 and native.sum() == 3 * 200
+
+
+def test_patches_replicate_the_frame_edge() -> None:
+    frame = np.zeros((20, 20, 3), np.uint8)
+    frame[:, 0] = 100  # the left column
+    patch = candidate_patches(frame, np.array([[-2.0, 8.0, 2.0, 12.0]]), 8, 1.0)[0]
+    # The square spans x -4..3: four replicated copies of column 0, then column 0 itself.
+    assert (patch[:, :5, 1] == 100).all() and (patch[:, 5:, 1] == 0).all()
+
+
+def test_larger_candidates_are_shrunk_with_their_context() -> None:
+    frame = np.full((200, 200, 3), 10, np.uint8)
+    frame[80:120, 80:120] = 250  # a 40-pixel square
+    patch = candidate_patches(frame, np.array([[80.0, 80.0, 120.0, 120.0]]), 30, 1.5)[0]
+    # 60 pixels shrunk to 30: the square fills the middle 20, its 10-pixel context the rest.
+    assert (patch[5:25, 5:25] == 250).all() and (patch[:5] == 10).all() and (patch[25:] == 10).all()
+
+
+def test_priors_are_the_logit_and_the_log_size() -> None:
+    priors = candidate_priors(np.array([[0.0, 0.0, 16.0, 64.0], [5, 5, 5, 5]]), np.array([0.5, 0.9]))
+    assert np.allclose(priors[0], [0.0, 0.0, 2.0])
+    assert np.allclose(priors[1], [np.log(9), -4.0, -4.0], atol=1e-5)  # a zero side counts as one pixel
+
+
+@pytest.fixture(scope="module")
+def verified_detector(tiny_models, tmp_path_factory) -> Path:
+    from tests.tiny_models import build_verifier
+
+    folder = tmp_path_factory.mktemp("verified")
+    detector = folder / "tiny_detector_int8.tflite"
+    shutil.copy(tiny_models["detector"], detector)
+    card = json.loads(tiny_models["detector"].with_suffix(".json").read_text())
+    build_verifier(folder)
+    (folder / "tiny_detector_int8.json").write_text(
+        json.dumps({**card, "verifier": "tiny_verifier_int8.tflite"})
+    )
+    return detector
+
+
+def test_the_card_named_verifier_drops_what_its_cnn_rejects(verified_detector: Path) -> None:
+    frame = blob_frame(64, 64, [(8, 8, WHITE), (40, 40, YELLOW)])  # both bright to the detector
+    plain = Detector(verified_detector, verify=False)
+    assert plain.verifier is None and len(plain.detect(frame)) == 2
+    detector = Detector(verified_detector)
+    assert isinstance(detector.verifier, Verifier) and detector.verifier.batch == 4
+    assert detector.score_threshold == 0.5 and detector.decode_threshold == 0.05
+    found = detector.detect(frame)
+    assert len(found) == 1 and found.boxes[0, 0] < 20 and found.scores[0] > 0.9
+    # Candidates at least max_side long keep the detector's score: both blobs stay.
+    detector.verifier.max_side = 4
+    assert len(detector.detect(frame)) == 2
+
+
+def test_rolling_tiles_verify_each_tile_as_it_runs(verified_detector: Path) -> None:
+    from edge.tiling import RollingTiles, detect_tiled
+
+    frame = blob_frame(200, 150, [(20, 20, WHITE), (150, 30, YELLOW), (90, 110, WHITE), (160, 120, YELLOW)])
+    detector = Detector(verified_detector)
+    whole = detect_tiled(detector, frame)
+    assert len(whole) == 2 and set(np.round(whole.boxes[:, 0] / 10).astype(int)) == {2, 9}
+    rolling = RollingTiles(detector, per_frame=1)
+    for _ in range(3):  # the first frame runs every tile, the next ones one each
+        found = rolling.detect(frame)
+        assert np.allclose(np.sort(found.boxes, axis=0), np.sort(whole.boxes, axis=0), atol=0.5)
+        assert (found.scores >= detector.score_threshold).all()
+
+
+def test_only_the_best_candidates_are_verified(verified_detector: Path) -> None:
+    frame = blob_frame(64, 64, [(8, 8, YELLOW), (40, 40, YELLOW)], size=8)
+    frame[8:16, 8:16] = (0, 255, 255)
+    frame[40:48, 40:48] = (0, 200, 255)  # a dimmer blob: the detector's second candidate
+    detector = Detector(verified_detector)
+    detector.verifier.max_candidates = 1
+    found = detector.detect(frame)
+    # The brighter one was verified (no blue: dropped); the dimmer one kept the detector's score.
+    assert len(found) == 1 and found.boxes[0, 0] > 30
+    detector.verifier.max_candidates = 2
+    assert len(detector.detect(frame)) == 0
+
+
+def test_verification_batches_beyond_one_invoke(verified_detector: Path) -> None:
+    frame = blob_frame(
+        64, 64, [(x, y, WHITE if (x + y) % 32 else YELLOW) for x in (0, 16, 32, 48) for y in (0, 32)]
+    )
+    detector = Detector(verified_detector)
+    found = Detector(verified_detector, verify=False).detect(frame)
+    patches = candidate_patches(frame, found.boxes, 8, 1.5)
+    logits = detector.verifier.logits(patches, candidate_priors(found.boxes, found.scores))
+    assert len(logits) == len(found) > detector.verifier.batch
+    whites = [i for i, box in enumerate(found.boxes) if frame[int(box[1]) + 2, int(box[0]) + 2, 0]]
+    assert (logits[whites] > 0).all() and (np.delete(logits, whites) < 0).all()
+
+
+def test_the_priors_reach_the_network(verified_detector: Path) -> None:
+    from tests.tiny_models import VERIFIER_PATCH
+
+    verifier = Detector(verified_detector).verifier
+    patches = np.zeros((2, VERIFIER_PATCH, VERIFIER_PATCH, 3), np.uint8)
+    patches[:, ..., 0] = 128  # mean blue about 0.5: 40 x 0.5 - 2 = 18
+    logits = verifier.logits(patches, np.array([[0.0, 0.0, 0.0], [0.0, -2.0, 0.0]], np.float32))
+    # The second box is four times narrower: 6 x -2 = -12 lower (within the int8 steps).
+    assert logits[0] == pytest.approx(18.1, abs=0.6) and logits[0] - logits[1] == pytest.approx(12, abs=0.6)
+
+
+def test_a_missing_verifier_names_its_path(verified_detector: Path, tmp_path: Path) -> None:
+    for name in ("tiny_detector_int8.tflite", "tiny_detector_int8.json"):
+        shutil.copy(verified_detector.parent / name, tmp_path / name)
+    with pytest.raises(ModelError, match=r"tiny_verifier_int8\.tflite"):
+        Detector(tmp_path / "tiny_detector_int8.tflite")
+    assert Detector(tmp_path / "tiny_detector_int8.tflite", verify=False).verifier is None
+
+
+def test_a_verifier_card_without_its_settings_is_refused(verified_detector: Path, tmp_path: Path) -> None:
+    shutil.copy(verified_detector.parent / "tiny_verifier_int8.tflite", tmp_path / "v.tflite")
+    card = json.loads((verified_detector.parent / "tiny_verifier_int8.json").read_text())
+    del card["verification"]["max_side"]
+    (tmp_path / "v.json").write_text(json.dumps(card))
+    with pytest.raises(GalaxyEdgeError, match=r"v\.json.*verification\.max_side"):
+        Verifier(tmp_path / "v.tflite")
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models" / "galaxy_detector_int8.tflite"
+
+
+@pytest.mark.slow
+def test_train_and_export_a_verifier_for_the_shipped_detector(tmp_path: Path, run_cli) -> None:
+    """`train --verifier` on a few simulated frames, then `export --detector`: the copy of the
+    shipped detector now uses it, and the int8 verifier ranks the candidates as the Keras one."""
+    pytest.importorskip("tensorflow")
+    code, _, _ = run_cli(
+        "simulate", "frames", "--n", "12", "--seed", "4321", "--out", str(tmp_path / "frames")
+    )
+    assert code == 0
+    code, out, _ = run_cli(
+        "train",
+        "--verifier",
+        "--detector-model",
+        str(SHIPPED),
+        "--data",
+        str(tmp_path / "frames"),
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert code == 0 and "validation AUC" in out
+    summary = json.loads((tmp_path / "run" / "verifier.json").read_text())
+    assert summary["candidates"] > 1000 and summary["validation"]["auc"] > 0.8
+    models = tmp_path / "models"
+    models.mkdir()
+    for suffix in (".tflite", ".json"):
+        shutil.copy(SHIPPED.with_suffix(suffix), models / SHIPPED.with_suffix(suffix).name)
+    card = json.loads((models / "galaxy_detector_int8.json").read_text())
+    card.pop("verifier", None)
+    (models / "galaxy_detector_int8.json").write_text(json.dumps(card))
+    code, out, _ = run_cli(
+        "export",
+        str(tmp_path / "run" / "verifier.keras"),
+        "--to",
+        "int8",
+        "--score-threshold",
+        "0.3",
+        "--detector",
+        str(models / "galaxy_detector_int8.tflite"),
+        "--out",
+        str(models / "v_int8.tflite"),
+    )
+    assert code == 0 and "Edge TPU ready: yes" in out
+    metrics = json.loads((models / "v_int8.json").read_text())["metrics"]
+    assert abs(metrics["int8_auc"] - metrics["float32_auc"]) < 0.02
+    detector = Detector(models / "galaxy_detector_int8.tflite")
+    assert detector.verifier is not None and detector.score_threshold == 0.3
+    import cv2
+
+    frame = cv2.imread(str(sorted((tmp_path / "frames").glob("*.jpg"))[0]))
+    found = detect_frame(detector, frame)
+    assert len(found) and found.scores.min() >= 0.3 and (np.diff(found.scores) <= 0).all()
+
+
+@pytest.mark.slow
+def test_the_shipped_verifier_raises_map_on_fresh_frames(tmp_path: Path, run_cli) -> None:
+    """The shipped pair on 16 frames of a seed neither model saw: the verifier re-ranks the same
+    candidates (measured +0.06 mAP@0.5 here, +0.037 on the 40 held-out frames)."""
+    code, _, _ = run_cli(
+        "simulate", "frames", "--n", "16", "--seed", "4242", "--out", str(tmp_path / "frames")
+    )
+    assert code == 0
+    from detection.evaluate import evaluate_detector
+
+    verified = evaluate_detector(SHIPPED, tmp_path / "frames", tmp_path / "verified", draw=0)
+    plain = evaluate_detector(SHIPPED, tmp_path / "frames", tmp_path / "plain", draw=0, verify=False)
+    assert verified["verifier"].endswith("galaxy_verifier_int8.tflite") and "verifier" not in plain
+    print(f"mAP@0.5 {plain['coco']['map50']:.4f} -> {verified['coco']['map50']:.4f}")
+    assert verified["coco"]["map50"] >= plain["coco"]["map50"] + 0.02
+    assert verified["coco"]["map"] > plain["coco"]["map"]
