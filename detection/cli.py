@@ -73,6 +73,12 @@ def add_verifier_options(parser: argparse.ArgumentParser) -> None:
         default=64.0,
         help="candidates whose longer side reaches this many pixels keep the detector's score",
     )
+    group.add_argument(
+        "--candidate-threshold",
+        type=float,
+        default=0.25,
+        help="the detector's scores that the runtime verifies (lower: more candidates, more cost)",
+    )
 
 
 def run_train_verifier(args: argparse.Namespace) -> int:
@@ -89,7 +95,7 @@ def run_train_verifier(args: argparse.Namespace) -> int:
         args.out,
         epochs=args.epochs or 8,
         batch_size=args.batch_size or 256,
-        config=VerifierConfig(max_side=args.max_side),
+        config=VerifierConfig(max_side=args.max_side, candidate_threshold=args.candidate_threshold),
     )
     validation = summary["validation"]
     print(

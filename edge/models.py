@@ -194,20 +194,26 @@ def _contained(detections: Detections, containment: float) -> Detections:
     same class: a galaxy's bright core found beside the whole galaxy overlaps it by far less
     than the IoU threshold, so NMS keeps both. Boxes are in score order."""
     boxes = detections.boxes
-    keep = np.ones(len(detections), bool)
     area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
-    for i in range(1, len(detections)):
-        higher = np.flatnonzero(keep[:i] & (detections.class_ids[:i] == detections.class_ids[i]))
-        if len(higher) == 0:
-            continue
-        ix = np.clip(
-            np.minimum(boxes[higher, 2], boxes[i, 2]) - np.maximum(boxes[higher, 0], boxes[i, 0]), 0, None
-        )
-        iy = np.clip(
-            np.minimum(boxes[higher, 3], boxes[i, 3]) - np.maximum(boxes[higher, 1], boxes[i, 1]), 0, None
-        )
-        inside = ix * iy / np.minimum(area[higher], area[i])
-        keep[i] = not (inside >= containment).any()
+    ix = np.clip(
+        np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0]),
+        0,
+        None,
+    )
+    iy = np.clip(
+        np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1]),
+        0,
+        None,
+    )
+    # inside[i, j]: box i lies in a higher-scoring box j of its class (j < i).
+    inside = ix * iy / np.minimum(area[:, None], area[None, :]) >= containment
+    inside &= detections.class_ids[:, None] == detections.class_ids[None, :]
+    inside &= np.tri(len(boxes), k=-1, dtype=bool)
+    keep = np.ones(len(detections), bool)
+    # Greedy, in score order: a box is dropped only by a box that is itself kept. Only boxes with
+    # some container need the loop.
+    for i in np.flatnonzero(inside.any(axis=1)).tolist():
+        keep[i] = not (inside[i, :i] & keep[:i]).any()
     return detections.select(np.flatnonzero(keep))
 
 

@@ -177,3 +177,17 @@ def test_tracker_keeps_ids_and_votes_classes() -> None:
     for frame in range(5, 9):
         tracker.update(np.zeros((0, 4), np.float32), np.zeros(0), frame)
     assert not tracker.tracks and len(tracker.all_tracks()) == 3
+
+
+def test_a_box_dropped_for_containment_drops_nothing_itself() -> None:
+    from edge.models import non_max_suppression
+
+    found = Detections(
+        np.array([[0, 0, 100, 100], [25, 25, 105, 105], [88, 88, 104, 104]], np.float32),
+        np.array([0.9, 0.8, 0.7], np.float32),
+        np.zeros(3, np.int32),
+    )
+    # The second lies 0.88 inside the first (dropped); the third lies wholly inside the second but
+    # only 0.56 inside the first, so it stays: containers count only when kept, in score order.
+    kept = non_max_suppression(found, 0.9, containment=0.8)
+    assert kept.boxes.tolist() == [[0, 0, 100, 100], [88, 88, 104, 104]]

@@ -162,7 +162,6 @@ def test_shipped_models_run_the_verbs_on_the_samples(pi_python: Path, tmp_path: 
 
     arm, x86 = records(pi_python, "classify"), records(sys.executable, "classify", "--kernels", "builtin")
     assert [(r["label"], r["probs"]) for r in arm] == [(r["label"], r["probs"]) for r in x86]
-    arm, x86 = records(pi_python, "detect"), records(sys.executable, "detect", "--kernels", "builtin")
 
     def as_outputs(found: list[dict]) -> list[dict]:
         return [
@@ -170,24 +169,43 @@ def test_shipped_models_run_the_verbs_on_the_samples(pi_python: Path, tmp_path: 
             for r in found
         ]
 
-    matched, confident, worst = _detections_matched(as_outputs(arm), as_outputs(x86))
+    def score_gap(arm: list[dict], x86: list[dict]) -> float:
+        gap = 0.0
+        for a, x in zip(arm, x86, strict=True):
+            strong = [d for d in a["detections"] if d["score"] >= 0.5]
+            if strong and x["detections"]:
+                overlaps = iou_matrix(
+                    np.array([d["box"] for d in strong]), np.array([d["box"] for d in x["detections"]])
+                )
+                partner = [x["detections"][j]["score"] for j in overlaps.argmax(axis=1)]
+                gap = max(gap, *(abs(d["score"] - p) for d, p in zip(strong, partner, strict=True)))
+        return gap
+
     step = json.loads((REPO / "models" / "galaxy_detector_int8.json").read_text())["quantization"]["step"]
-    score_gap = 0.0
-    for a, x in zip(arm, x86, strict=True):
-        strong = [d for d in a["detections"] if d["score"] >= 0.5]
-        if strong and x["detections"]:
-            overlaps = iou_matrix(
-                np.array([d["box"] for d in strong]), np.array([d["box"] for d in x["detections"]])
-            )
-            partner = [x["detections"][j]["score"] for j in overlaps.argmax(axis=1)]
-            score_gap = max(score_gap, *(abs(d["score"] - p) for d, p in zip(strong, partner, strict=True)))
+    # The detector alone: its scores within its card's quantization step.
+    arm = records(pi_python, "detect", "--no-verifier")
+    x86 = records(sys.executable, "detect", "--no-verifier", "--kernels", "builtin")
+    matched, confident, worst = _detections_matched(as_outputs(arm), as_outputs(x86))
+    gap = score_gap(arm, x86)
+    print(
+        f"detect --no-verifier: {matched} of {confident} confident detections at IoU >= 0.9 (worst "
+        f"{worst:.3f}); largest score difference {gap:.4f} (quantization step {step:.4f})"
+    )
+    # Measured: 41 of 41, worst IoU 0.905, largest score difference 0.026 (the three-phase detector: 56 of
+    # 56; with the cut-piece rule of edge/tiling.py at 0.6 of its area, one piece of a round galaxy was
+    # kept on x86 and dropped on arm64: 56 of 57).
+    assert confident > 0 and matched == confident and gap <= step
+    # With the verifier the card names: the same confident detections. A verified score moves more than
+    # a step: the verifier's patch is cut at whole pixels around a box that can move by a fraction of a
+    # pixel between kernels. Measured 0.106 at most: a tripwire just above it.
+    arm, x86 = records(pi_python, "detect"), records(sys.executable, "detect", "--kernels", "builtin")
+    matched, confident, worst = _detections_matched(as_outputs(arm), as_outputs(x86))
+    gap = score_gap(arm, x86)
     print(
         f"detect: {matched} of {confident} confident detections at IoU >= 0.9 (worst {worst:.3f}); "
-        f"largest score difference {score_gap:.4f} (quantization step {step:.4f})"
+        f"largest score difference {gap:.4f}"
     )
-    # Measured: 56 of 56, worst IoU 0.94, on these samples (with the cut-piece rule of edge/tiling.py at
-    # 0.6 of its area, one piece of a round galaxy was kept on x86 and dropped on arm64: 56 of 57).
-    assert confident > 0 and matched == confident and score_gap <= step
+    assert confident > 0 and matched == confident and gap <= 0.12
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -241,8 +259,9 @@ def _detections_matched(arm: list[dict], x86: list[dict]) -> tuple[int, int, flo
 # a kernel that rounds one step differently breaks the tie either way). XNNPACK: 196 of 199 crops agree,
 # the 3 others tie under XNNPACK; built-in kernels agree bit for bit.
 AGREEMENT_BOUNDS = {
-    # int8 detector (with box voting): 152 of 185 confident detections at IoU 0.9 with XNNPACK (worst
-    # 0.02); 179 of 186 with built-in kernels (worst 0.31). The five-phase network is more sensitive to
+    # int8 detector (with box voting) and the verifier its card names: 207 of 237 confident detections
+    # at IoU 0.9 with XNNPACK; 238 of 244 with built-in kernels (worst 0.51); without the verifier, 152
+    # of 185 and 179 of 186 (worst 0.02 and 0.31). The five-phase network is more sensitive to
     # XNNPACK's rounding than the four-phase one (178 of 203 and 200 of 202) with every int8 calibration
     # tried: 0.73-0.82 of its confident detections match between XNNPACK and built-in kernels on x86.
     # (The three-phase detector: 172 of 193 and 182 of 188; the two-phase: 132 of 152 and 148
@@ -250,8 +269,8 @@ AGREEMENT_BOUNDS = {
     # tflite-runtime 2.14 and LiteRT 2.3 agree bit for bit (test_tflite_runtime_214.py). arm64's built-in
     # kernels differ from x86's from the first 1x1 CONV_2D on (one step in 0.13% of its outputs, on
     # identical inputs), growing to 8 steps in the box head.
-    ("detector", "default"): 0.82,
-    ("detector", "builtin"): 0.96,
+    ("detector", "default"): 0.87,
+    ("detector", "builtin"): 0.97,
 }
 
 

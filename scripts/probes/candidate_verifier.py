@@ -10,6 +10,11 @@ candidates on frames it never saw.
 
 evaluate: `evaluate --detector` with each candidate whose longer side is under S (default: all)
 re-scored by the verifier.
+
+The runtime's version is `galaxy-edge train --verifier` (detection/verifier.py); this probe differs in
+its patches (sub-pixel, cv2.warpAffine) and trains on every candidate. Its network is now
+detection.verifier.build_verifier, whose last hidden ReLU is bounded at 6 (the README's probe figures
+were measured with an unbounded one; otherwise the same layers).
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ def patches_for(frame: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def scalar_features(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    sides = np.maximum(boxes[:, 2:] - boxes[:, :2], 1.0)
-    logit = np.log(np.clip(scores, 1e-4, 1 - 1e-4) / (1 - np.clip(scores, 1e-4, 1 - 1e-4)))
-    return np.column_stack([logit, np.log2(sides[:, 0]) - 4, np.log2(sides[:, 1]) - 4]).astype(np.float32)
+    from edge.models import candidate_priors
+
+    return candidate_priors(boxes, scores)
 
 
 def harvest(model: Path, frames: Path, out: Path) -> None:
@@ -52,7 +57,7 @@ def harvest(model: Path, frames: Path, out: Path) -> None:
     from edge.tiling import detect_frame
     from edge.tracking import iou_matrix
 
-    detector = Detector(model)
+    detector = Detector(model, verify=False)
     detector.score_threshold = SCORE_FLOOR
     all_patches, all_features, all_labels, all_frames = [], [], [], []
     pairs = usable_pairs(frames)
@@ -86,36 +91,6 @@ def harvest(model: Path, frames: Path, out: Path) -> None:
     )
 
 
-def build_verifier():
-    import keras
-    from keras import layers
-
-    def separable(x, channels, stride):
-        x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.ReLU(6.0)(x)
-        x = layers.Conv2D(channels, 1, use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        return layers.ReLU(6.0)(x)
-
-    pixels = keras.Input((PATCH, PATCH, 3), name="patch")
-    scalars = keras.Input((3,), name="detector_score_and_size")
-    x = layers.Rescaling(1 / 127.5, -1)(pixels)
-    x = layers.Conv2D(8, 3, padding="same", use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
-    x = layers.ReLU(6.0)(x)
-    x = separable(x, 16, 2)
-    x = separable(x, 16, 1)
-    x = separable(x, 32, 2)
-    x = separable(x, 32, 1)
-    x = separable(x, 32, 2)
-    x = layers.Flatten()(x)
-    x = layers.Concatenate()([x, scalars])
-    x = layers.Dense(32, activation="relu")(x)
-    logit = layers.Dense(1, name="galaxy_logit")(x)
-    return keras.Model([pixels, scalars], logit)
-
-
 def train(harvest_path: Path, out: Path, epochs: int) -> None:
     import keras
 
@@ -125,7 +100,9 @@ def train(harvest_path: Path, out: Path, epochs: int) -> None:
     frames = data["frames"][keep]
     validation = frames % 10 == 0
     print(f"{len(labels)} candidates, {labels.mean():.3f} galaxies; {validation.sum()} for validation")
-    model = build_verifier()
+    from detection.verifier import build_verifier
+
+    model = build_verifier(PATCH)
     model.compile(
         keras.optimizers.Adam(2e-3),
         keras.losses.BinaryCrossentropy(from_logits=True),
@@ -188,7 +165,7 @@ def evaluate(
 
     evaluation.detect_frame = detect_frame
     gz2_folder = Path("../shared/data/gz2_kaggle_1400") if gz2 else None
-    report = evaluation.evaluate_detector(model, frames, out, gz2=gz2_folder, draw=0)
+    report = evaluation.evaluate_detector(model, frames, out, gz2=gz2_folder, draw=0, verify=False)
     coco = report["coco"]
     recall = ", ".join(f"{row['size']} {row['recall']:.2f}" for row in report["recall_by_size"])
     print(

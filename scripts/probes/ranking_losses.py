@@ -37,7 +37,7 @@ def _what_is_under(box: np.ndarray, objects: list[dict]) -> str:
 
 
 def main() -> None:
-    detector, folder = Detector(Path(sys.argv[1])), Path(sys.argv[2])
+    detector, folder = Detector(Path(sys.argv[1]), verify=False), Path(sys.argv[2])
     detector.score_threshold = 0.05
     by_frame = defaultdict(list)
     with (folder / "truth.csv").open() as f:
