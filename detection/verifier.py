@@ -19,6 +19,8 @@ import numpy as np
 
 from galaxy_edge.errors import GalaxyEdgeError
 
+CALIBRATION_CANDIDATES = 2048  # training candidates kept for int8 calibration (the export draws from them)
+
 
 @dataclass
 class VerifierConfig:
@@ -121,8 +123,8 @@ def train_verifier(
     seed: int = 0,
 ) -> dict:
     """Harvest the detector's candidates on `frames`, train, and write out/verifier.keras (best
-    validation loss; every tenth frame validates), out/verifier.json and out/calibration.npz
-    (validation candidates, for int8 calibration and the export's parity check)."""
+    validation loss; every tenth frame validates), out/verifier.json, out/calibration.npz (training
+    candidates for int8 calibration) and out/validation.npz (for the export's parity check)."""
     import keras
 
     config = config or VerifierConfig()
@@ -190,8 +192,10 @@ def train_verifier(
         "history": {k: [float(v) for v in values] for k, values in history.history.items()},
     }
     (out / "verifier.json").write_text(json.dumps(summary, indent=1))
+    chosen = rng.choice(fit_index, min(CALIBRATION_CANDIDATES, len(fit_index)), replace=False)
+    np.savez_compressed(out / "calibration.npz", patches=patches[chosen], priors=priors[chosen])
     np.savez_compressed(
-        out / "calibration.npz",
+        out / "validation.npz",
         patches=patches[validation],
         priors=priors[validation],
         labels=labels[validation],

@@ -31,10 +31,9 @@ def export_verifier(
 
     model_path = Path(model_path)
     summary = json.loads(model_path.with_suffix(".json").read_text())
-    calibration_file = model_path.parent / "calibration.npz"
-    if not calibration_file.is_file():
-        raise GalaxyEdgeError(f"{calibration_file}: not found (train --verifier writes it beside the model)")
-    calibration = np.load(calibration_file)
+    calibration, validation = (
+        _candidates(model_path.parent / name) for name in ("calibration.npz", "validation.npz")
+    )
     model = keras.models.load_model(model_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     count = max(1, calibration_count // BATCH)
@@ -65,16 +64,18 @@ def export_verifier(
             "score_threshold": score_threshold,
         },
         "training": {k: v for k, v in summary.items() if k != "history"},
+        "calibration": {"count": count * BATCH, "source": "training candidates (calibration.npz)"},
     }
     save_card(out, card)
-    # Parity: the exported verifier against the Keras model on the validation candidates.
+    # Parity: the exported verifier against the Keras model on the validation candidates (held out
+    # from training and calibration).
     runtime = Verifier(out)
-    exported = runtime.logits(calibration["patches"], calibration["priors"])
-    reference = model.predict((calibration["patches"], calibration["priors"]), batch_size=1024, verbose=0)
+    exported = runtime.logits(validation["patches"], validation["priors"])
+    reference = model.predict((validation["patches"], validation["priors"]), batch_size=1024, verbose=0)
     reference = reference.reshape(-1)
     from sklearn.metrics import roc_auc_score
 
-    labels = calibration["labels"]
+    labels = validation["labels"]
     parity = {
         "candidates": len(labels),
         "float32_auc": float(roc_auc_score(labels, reference)),
@@ -99,6 +100,12 @@ def attach_verifier(detector: Path, verifier: Path) -> Path:
     values["verifier"] = Path(verifier).name
     detector_card.write_text(json.dumps(values, indent=1))
     return detector_card
+
+
+def _candidates(path: Path):
+    if not path.is_file():
+        raise GalaxyEdgeError(f"{path}: not found (train --verifier writes it beside the model)")
+    return np.load(path)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
