@@ -1,5 +1,6 @@
-"""The two models of the chain, as the runtime uses them: preprocessing from OpenCV's BGR
-frames to the model's input (quantized through a lookup table), invoke, dequantize, decode.
+"""The models of the chain, as the runtime uses them (detector, its verifier, classifier):
+preprocessing from OpenCV's BGR frames to the model's input (quantized through a lookup table),
+invoke, dequantize, decode.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def resize_like_runtime(image: np.ndarray, width: int, height: int, exact_shrink
 
 
 class TFLiteModel:
-    """A .tflite model with its card: one input image tensor, dequantized float outputs."""
+    """A .tflite model with its card: one input image tensor (and `extra_inputs` more that a
+    subclass feeds), dequantized float outputs."""
 
     task: str | None = None  # what the card must say (subclasses)
     extra_inputs = 0  # inputs besides the image that a subclass feeds
@@ -261,6 +263,7 @@ class Detector(TFLiteModel):
     TFLite_Detection_PostProcess variant."""
 
     task = "detector"
+    verifier: Verifier | None = None  # the card's second look at candidates (set when loaded)
 
     def __init__(
         self,
@@ -271,7 +274,6 @@ class Detector(TFLiteModel):
         verify: bool = True,
     ) -> None:
         super().__init__(path, threads, runtime, kernels)
-        self.verifier: Verifier | None = None
         companion = self.card.raw.get("verifier")
         if verify and companion:
             # The card names the verifier trained on this detector's candidates (beside it).
