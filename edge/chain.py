@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.models import Classifier, Detections, Detector
+from edge.models import Classifier, Detections, Detector, square_region
 from edge.sinks import UNCERTAIN, AnnotatedSink, CatalogSink, JsonlSink, LiveWindow, annotate, track_label
 from edge.sources import Frame, FrameSource
 from edge.tiling import RollingTiles, detect_tiled, needs_tiling
@@ -78,13 +78,7 @@ def square_crop(image: np.ndarray, box: np.ndarray, scale: float) -> np.ndarray:
     side = max(x2 - x1, y2 - y1, 4.0) * scale
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     left, top = round(cx - side / 2), round(cy - side / 2)
-    size = max(round(side), 4)
-    height, width = image.shape[:2]
-    crop = image[max(top, 0) : min(top + size, height), max(left, 0) : min(left + size, width)]
-    pad = (max(-top, 0), max(top + size - height, 0), max(-left, 0), max(left + size - width, 0))
-    if any(pad):
-        crop = cv2.copyMakeBorder(crop, *pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
-    return crop
+    return square_region(image, left, top, max(round(side), 4), cv2.BORDER_CONSTANT)
 
 
 class Chain:

@@ -15,7 +15,7 @@ import numpy as np
 from edge.interpreter import ModelError, load_interpreter
 from edge.model_card import ModelCard, read_model_card
 from edge.resize import area_shrink
-from edge.tracking import iou_matrix
+from edge.tracking import intersection_over_smaller, iou_matrix
 
 
 def resize_like_runtime(image: np.ndarray, width: int, height: int, exact_shrink: bool) -> np.ndarray:
@@ -196,19 +196,8 @@ def _contained(detections: Detections, containment: float) -> Detections:
     same class: a galaxy's bright core found beside the whole galaxy overlaps it by far less
     than the IoU threshold, so NMS keeps both. Boxes are in score order."""
     boxes = detections.boxes
-    area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-9)
-    ix = np.clip(
-        np.minimum(boxes[:, None, 2], boxes[None, :, 2]) - np.maximum(boxes[:, None, 0], boxes[None, :, 0]),
-        0,
-        None,
-    )
-    iy = np.clip(
-        np.minimum(boxes[:, None, 3], boxes[None, :, 3]) - np.maximum(boxes[:, None, 1], boxes[None, :, 1]),
-        0,
-        None,
-    )
     # inside[i, j]: box i lies in a higher-scoring box j of its class (j < i).
-    inside = ix * iy / np.minimum(area[:, None], area[None, :]) >= containment
+    inside = intersection_over_smaller(boxes, boxes, floor=1e-9) >= containment
     inside &= detections.class_ids[:, None] == detections.class_ids[None, :]
     inside &= np.tri(len(boxes), k=-1, dtype=bool)
     keep = np.ones(len(detections), bool)
@@ -397,21 +386,27 @@ def candidate_patches(
     around its centre (edges replicated past the frame), shrunk to patch as the runtime shrinks.
     Small candidates are seen at native scale, where a star's profile differs from a galaxy's."""
     out = np.empty((len(boxes), patch, patch, 3), np.uint8)
-    height, width = frame_bgr.shape[:2]
     for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float64).tolist()):
         side = max(patch, round(context * max(x2 - x1, y2 - y1)))
         left, top = round((x1 + x2 - side) / 2), round((y1 + y2 - side) / 2)
-        inside = frame_bgr[
-            max(top, 0) : max(min(top + side, height), 0), max(left, 0) : max(min(left + side, width), 0)
-        ]
-        pad = (max(-top, 0), max(top + side - height, 0), max(-left, 0), max(left + side - width, 0))
-        if inside.size == 0:  # a box wholly outside the frame: nothing to see
-            out[i] = 0
-            continue
-        if any(pad):
-            inside = cv2.copyMakeBorder(inside, *pad, cv2.BORDER_REPLICATE)
-        out[i] = resize_like_runtime(inside, patch, patch, exact_shrink)
+        region = square_region(frame_bgr, left, top, side, cv2.BORDER_REPLICATE)
+        out[i] = resize_like_runtime(region, patch, patch, exact_shrink)
     return out
+
+
+def square_region(image: np.ndarray, left: int, top: int, size: int, border: int) -> np.ndarray:
+    """image[top : top + size, left : left + size], padded where it leaves the image with OpenCV's
+    `border` (black for BORDER_CONSTANT); all black when it lies wholly outside."""
+    height, width = image.shape[:2]
+    inside = image[
+        max(top, 0) : max(min(top + size, height), 0), max(left, 0) : max(min(left + size, width), 0)
+    ]
+    if inside.size == 0:
+        return np.zeros((size, size, *image.shape[2:]), image.dtype)
+    pad = (max(-top, 0), max(top + size - height, 0), max(-left, 0), max(left + size - width, 0))
+    if any(pad):
+        inside = cv2.copyMakeBorder(inside, *pad, border, value=(0, 0, 0))
+    return inside
 
 
 def candidate_priors(boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:

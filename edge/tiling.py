@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from edge.models import Detections, Detector, non_max_suppression
+from edge.tracking import intersection_over_smaller
 
 EDGE_MARGIN = 2.0  # pixels: a box this close to an inner tile border was cut by it
 # A cut box that overlaps an uncut box of the same class by this much (intersection over the smaller
@@ -22,15 +23,6 @@ def tile_origins(length: int, tile: int, overlap: int) -> list[int]:
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
-def _intersection_over_smaller(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(len(a), len(b)) intersection area over the smaller box's area."""
-    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return ix * iy / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), 1e-6)
-
-
 FUSE_OVERLAP = 0.05  # cut pieces overlapping by more than this (of the smaller) are one object
 
 
@@ -43,7 +35,7 @@ def _fuse_overlapping(boxes: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     groups = [np.array([i]) for i in range(len(boxes))]
     current = boxes.astype(np.float64).copy()
     while len(groups) > 1:
-        touching = _intersection_over_smaller(current, current) > FUSE_OVERLAP
+        touching = intersection_over_smaller(current, current) > FUSE_OVERLAP
         np.fill_diagonal(touching, False)
         if not touching.any():
             break
@@ -83,7 +75,7 @@ def merge_tiles(
     keep = np.ones(len(detections), bool)
     cut_index = np.flatnonzero(cut)
     if len(cut_index) and len(whole):
-        covered = _intersection_over_smaller(detections.boxes[cut_index], detections.boxes[whole])
+        covered = intersection_over_smaller(detections.boxes[cut_index], detections.boxes[whole])
         same_class = detections.class_ids[cut_index][:, None] == detections.class_ids[whole][None, :]
         keep[cut_index[((covered >= CUT_PIECE_COVERED) & same_class).any(axis=1)]] = False
     boxes, scores = detections.boxes.copy(), detections.scores.copy()

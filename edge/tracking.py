@@ -19,6 +19,16 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
+def intersection_over_smaller(a: np.ndarray, b: np.ndarray, floor: float = 1e-6) -> np.ndarray:
+    """(len(a), len(b)) intersection area of x1, y1, x2, y2 boxes over the smaller box's area (at
+    least `floor`)."""
+    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return ix * iy / np.maximum(np.minimum(area_a[:, None], area_b[None, :]), floor)
+
+
 @dataclass
 class Track:
     track_id: int

@@ -12,14 +12,13 @@ from edge.tiling import (
     FUSE_OVERLAP,
     RollingTiles,
     _fuse_overlapping,
-    _intersection_over_smaller,
     detect_tiled,
     merge_tiles,
     needs_tiling,
     tile_layout,
     tile_origins,
 )
-from edge.tracking import IouTracker
+from edge.tracking import IouTracker, intersection_over_smaller
 from tests.conftest import blob_frame
 
 
@@ -65,7 +64,7 @@ def test_a_cut_piece_reaching_past_the_whole_object_is_dropped() -> None:
         np.array([0.51], np.float32),
         np.zeros(1, np.int32),
     )
-    covered = float(_intersection_over_smaller(piece.boxes, whole.boxes)[0, 0])
+    covered = float(intersection_over_smaller(piece.boxes, whole.boxes)[0, 0])
     assert CUT_PIECE_COVERED <= covered < 0.6
     merged = merge_tiles([(whole, np.array([False])), (piece, np.array([True]))], 0.5, 0.8)
     np.testing.assert_allclose(merged.boxes, whole.boxes)
@@ -102,7 +101,7 @@ def test_fused_pieces_grow_until_no_union_overlaps() -> None:
     corners = rng.uniform(0, 2000, (400, 2))
     many = np.column_stack([corners, corners + rng.uniform(3, 30, (400, 2))]).astype(np.float32)
     fused = np.array([box for _, box in _fuse_overlapping(many)])
-    touching = _intersection_over_smaller(fused, fused) > FUSE_OVERLAP
+    touching = intersection_over_smaller(fused, fused) > FUSE_OVERLAP
     np.fill_diagonal(touching, False)
     assert not touching.any() and len(fused) < len(many)
 
@@ -191,3 +190,32 @@ def test_a_box_dropped_for_containment_drops_nothing_itself() -> None:
     # only 0.56 inside the first, so it stays: containers count only when kept, in score order.
     kept = non_max_suppression(found, 0.9, containment=0.8)
     assert kept.boxes.tolist() == [[0, 0, 100, 100], [88, 88, 104, 104]]
+
+
+def test_containment_matches_the_greedy_definition_on_random_boxes() -> None:
+    """The containment check (one matrix, then a loop over the boxes that have a container) keeps
+    exactly what the plain greedy pass keeps: in score order, a box goes when it lies at least
+    `containment` inside a kept box of its class."""
+    from edge.models import non_max_suppression
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(1, 40))
+        corner = rng.uniform(0, 100, (n, 2))
+        boxes = np.column_stack([corner, corner + rng.uniform(1, 40, (n, 2))]).astype(np.float32)
+        found = Detections(
+            boxes, np.sort(rng.uniform(0, 1, n))[::-1].astype(np.float32), rng.integers(0, 2, n)
+        )
+        kept = []
+        for i in range(n):
+            inside = [
+                max(0, min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]))
+                * max(0, min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]))
+                / min(np.prod(boxes[i, 2:] - boxes[i, :2]), np.prod(boxes[j, 2:] - boxes[j, :2]))
+                for j in kept
+                if found.class_ids[j] == found.class_ids[i]
+            ]
+            if not any(v >= 0.8 for v in inside):
+                kept.append(i)
+        result = non_max_suppression(found, 1.0, containment=0.8)
+        assert sorted(map(tuple, result.boxes.tolist())) == sorted(map(tuple, boxes[kept].tolist()))
