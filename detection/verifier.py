@@ -84,6 +84,20 @@ def _verified(boxes: np.ndarray, scores: np.ndarray, config: VerifierConfig, max
     return chosen[np.argsort(-scores[chosen], kind="stable")[: config.max_candidates]]
 
 
+def turned(
+    patches: np.ndarray, priors: np.ndarray, quarter_turns: int, mirror: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Patches turned by quarter_turns x 90 degrees (np.rot90 over rows and columns), then mirrored
+    left-right, and their priors with the box's width and height swapped for odd turns, as the
+    turned box has them. A galaxy has no preferred orientation, so training sees all eight."""
+    patches = np.rot90(patches, quarter_turns, axes=(1, 2))
+    if quarter_turns % 2:
+        priors = priors[:, [0, 2, 1]]
+    if mirror:
+        patches = patches[:, :, ::-1]
+    return np.ascontiguousarray(patches), priors
+
+
 def build_verifier(patch: int):
     """Inputs: candidate patches (pixels 0-255) and priors (edge.models.candidate_priors); output:
     the galaxy logit. The priors join the CNN's features before the last two layers, so how much
@@ -159,10 +173,8 @@ def train_verifier(
             order = rng.permutation(fit_index)
             for step in range(steps):
                 take = order[step * batch_size : (step + 1) * batch_size]
-                views = np.rot90(patches[take], int(rng.integers(4)), axes=(1, 2))
-                if rng.random() < 0.5:
-                    views = views[:, :, ::-1]
-                yield (np.ascontiguousarray(views), priors[take]), labels[take]
+                views = turned(patches[take], priors[take], int(rng.integers(4)), rng.random() < 0.5)
+                yield views, labels[take]
 
     target = out / "verifier.keras"
     history = model.fit(

@@ -53,6 +53,22 @@ def test_priors_are_the_logit_and_the_log_size() -> None:
     assert np.allclose(priors[1], [np.log(9), -4.0, -4.0], atol=1e-5)  # a zero side counts as one pixel
 
 
+@pytest.mark.parametrize("quarter_turns", [0, 1, 2, 3])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_turned_patches_keep_their_priors(quarter_turns: int, mirror: bool) -> None:
+    from detection.verifier import turned
+
+    patch = np.zeros((1, 16, 16, 3), np.uint8)
+    patch[0, 6:10, 5:11] = 255  # the candidate: 6 wide (columns 5-10) and 4 high (rows 6-9)
+    priors = candidate_priors(np.array([[5.0, 6.0, 11.0, 10.0]]), np.array([0.5]))
+    views, view_priors = turned(patch, priors, quarter_turns, mirror)
+    rows, columns = np.nonzero(views[0, ..., 0])
+    seen = np.array([[columns.min(), rows.min(), columns.max() + 1, rows.max() + 1]], np.float32)
+    # Odd turns swap the box's width and height; the priors must say what the patch shows.
+    assert np.allclose(view_priors, candidate_priors(seen, np.array([0.5])))
+    assert views.shape == patch.shape and views.flags.c_contiguous
+
+
 @pytest.fixture(scope="module")
 def verified_detector(tiny_models, tmp_path_factory) -> Path:
     from tests.tiny_models import build_verifier
