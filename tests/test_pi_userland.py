@@ -195,9 +195,10 @@ def test_shipped_models_run_the_verbs_on_the_samples(pi_python: Path, tmp_path: 
     # 56; with the cut-piece rule of edge/tiling.py at 0.6 of its area, one piece of a round galaxy was
     # kept on x86 and dropped on arm64: 56 of 57).
     assert confident > 0 and matched == confident and gap <= step
-    # With the verifier the card names: the same confident detections. A verified score moves more than
-    # a step: the verifier's patch is cut at whole pixels around a box that can move by a fraction of a
-    # pixel between kernels. Measured 0.103 at most: a tripwire just above it.
+    # With the verifier the card names: nearly the same confident detections. A verified score moves
+    # more than a step: the verifier's patch is cut at whole pixels around a box that can move by a
+    # fraction of a pixel between kernels. Measured 123 of 125, largest difference 0.373 (the verifier
+    # trained on 400 frames: 83 of 83, 0.103; the one on 2,400 scores more steeply); tripwires at that.
     arm, x86 = records(pi_python, "detect"), records(sys.executable, "detect", "--kernels", "builtin")
     matched, confident, worst = _detections_matched(as_outputs(arm), as_outputs(x86))
     gap = score_gap(arm, x86)
@@ -205,7 +206,7 @@ def test_shipped_models_run_the_verbs_on_the_samples(pi_python: Path, tmp_path: 
         f"detect: {matched} of {confident} confident detections at IoU >= 0.9 (worst {worst:.3f}); "
         f"largest score difference {gap:.4f}"
     )
-    assert confident > 0 and matched == confident and gap <= 0.12
+    assert confident > 0 and matched >= 0.98 * confident and gap <= 0.4
 
     folder = tmp_path / "frames"
     folder.mkdir()
@@ -259,8 +260,10 @@ def _detections_matched(arm: list[dict], x86: list[dict]) -> tuple[int, int, flo
 # a kernel that rounds one step differently breaks the tie either way). XNNPACK: 196 of 199 crops agree,
 # the 3 others tie under XNNPACK; built-in kernels agree bit for bit.
 AGREEMENT_BOUNDS = {
-    # int8 detector (with box voting) and the verifier its card names: 209 of 239 confident detections
-    # at IoU 0.9 with XNNPACK; 239 of 245 with built-in kernels (worst 0.51); without the verifier, 152
+    # int8 detector (with box voting) and the verifier its card names: 318 of 374 confident detections
+    # at IoU 0.9 with XNNPACK; 365 of 374 with built-in kernels (the verifier trained on 1,200 frames:
+    # 209 of 239 and 239 of 245; its sharper scores keep more faint sources, and more of them sit near
+    # the threshold, where one kernel's rounding moves a score across it); without the verifier, 152
     # of 185 and 179 of 186 (worst 0.02 and 0.31). The five-phase network is more sensitive to
     # XNNPACK's rounding than the four-phase one (178 of 203 and 200 of 202) with every int8 calibration
     # tried: 0.73-0.82 of its confident detections match between XNNPACK and built-in kernels on x86.
@@ -269,7 +272,7 @@ AGREEMENT_BOUNDS = {
     # tflite-runtime 2.14 and LiteRT 2.3 agree bit for bit (test_tflite_runtime_214.py). arm64's built-in
     # kernels differ from x86's from the first 1x1 CONV_2D on (one step in 0.13% of its outputs, on
     # identical inputs), growing to 8 steps in the box head.
-    ("detector", "default"): 0.87,
+    ("detector", "default"): 0.85,
     ("detector", "builtin"): 0.97,
 }
 
