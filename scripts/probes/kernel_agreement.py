@@ -1,7 +1,8 @@
 """Ad hoc probe (README, Pi section): how many of an int8 detector's confident detections on samples/
 agree between ai-edge-litert's XNNPACK and TFLite's built-in kernels on this machine, counted as
 tests/test_pi_userland.py counts them (its _detections_matched, on tests.model_outputs' outputs).
-Used to compare int8 calibrations of one network.
+Used to compare int8 calibrations of one network, and verifiers of one detector (the verifier its card
+names comes along).
 
   python scripts/probes/kernel_agreement.py MODEL_int8.tflite [MODEL_int8.tflite ...]
 
@@ -26,6 +27,11 @@ def kernel_outputs(model: Path, kernels: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:
         shutil.copy(model, Path(folder) / f"{NAME}.tflite")
         shutil.copy(model.with_suffix(".json"), Path(folder) / f"{NAME}.json")
+        companion = json.loads(model.with_suffix(".json").read_text()).get("verifier")
+        if companion:  # the verifier the card names runs inside the detection: it comes along
+            for suffix in (".tflite", ".json"):
+                source = (model.parent / companion).with_suffix(suffix)
+                shutil.copy(source, Path(folder) / source.name)
         result = subprocess.run(
             [sys.executable, "-m", "tests.model_outputs", folder, "samples", kernels],
             capture_output=True, text=True, check=True,
