@@ -501,7 +501,9 @@ def _frames_check(model, folder: Path, size: int, scheme: str, report: dict) -> 
     from classification.evaluate import frame_check, predict
 
     images, names, sides, snrs = frame_galaxy_crops(folder, size)
-    check = frame_check(predict(model, images), names, sides, snrs, scheme)
+    # A .tflite's card may carry the floor the chain applies: report what it does on these frames.
+    applied = getattr(model, "resolution_floor_px", None)
+    check = frame_check(predict(model, images), names, sides, snrs, scheme, floor_px=applied)
     report["frames"] = {"source": str(folder), **check}
     kept_accuracy = "none" if check["kept_accuracy"] is None else f"{check['kept_accuracy']:.3f}"
     print(
@@ -514,6 +516,30 @@ def _frames_check(model, folder: Path, size: int, scheme: str, report: dict) -> 
             f"  by {name}: "
             + ", ".join(f"{row['range']} {row['accuracy']:.2f} ({row['count']})" for row in table)
         )
+    resolution = check["resolution"]
+    print("  resolution floor (accuracy, Wilson 95 % interval, a constant answer's score, galaxies):")
+    for row in resolution["by_size_px"]:
+        low, high = row["interval_95"]
+        mark = "informative" if row["informative"] else "no better than a constant answer"
+        print(
+            f"    {row['range']:>8} px: {row['accuracy']:.3f} ({low:.3f}-{high:.3f}) against "
+            f"{row['constant_answer']:.3f}, {row['count']}: {mark}"
+        )
+    floor = resolution["floor_px"]
+    print(
+        f"  labels carry information from {floor:g} px up"
+        if floor is not None
+        else "  no size is informative"
+    )
+    for side in ("under", "over"):
+        row = resolution.get(side)
+        if row:
+            low, high = row["interval_95"]
+            print(
+                f"  {side} the floor in use ({resolution['applied_px']:g} px): {row['accuracy']:.3f} "
+                f"({low:.3f}-{high:.3f}) against a constant answer's {row['constant_answer']:.3f}, "
+                f"{row['count']} galaxies"
+            )
 
 
 class _Ensemble:

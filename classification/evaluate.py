@@ -35,6 +35,7 @@ class TFLiteClassifier:
         from edge.models import Classifier
 
         self.classifier = Classifier(path)
+        self.resolution_floor_px = self.classifier.resolution_floor_px or None
         self.input_shape = (None, self.classifier.height, self.classifier.width, 3)
         self.output_shape = (None, len(self.classifier.labels))
 
@@ -88,6 +89,60 @@ def coverage_accuracy(probabilities: np.ndarray, labels: np.ndarray, thresholds=
 
 
 FRAME_SNR_BINS = (0, 30, 100, 300, 1000, np.inf)  # of a frame galaxy's S/N (its sizes: the detector's bins)
+# Finer box-size bins for the resolution floor, px of the box's longer side.
+FLOOR_BINS_PX = (0, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64, 128, np.inf)
+FLOOR_MIN_COUNT = 30  # bins with fewer galaxies do not count either way
+
+
+def resolution_floor(
+    correct: np.ndarray,
+    labels: np.ndarray,
+    sides: np.ndarray,
+    applied_px: float | None = None,
+    edges=FLOOR_BINS_PX,
+) -> dict:
+    """The box size below which a class label carries no information. Per size bin: top-1 accuracy,
+    its Wilson 95 % interval, and what a constant answer scores there (the share of the bin's most
+    common true class). A bin is informative when the interval's lower bound is above the constant
+    answer's score; the floor is the lower edge of the smallest bin from which every bin upward (of
+    at least FLOOR_MIN_COUNT galaxies) is informative (None when the largest is not). The galaxies
+    under and over the floor in use (applied_px, else the one found) are also scored together."""
+    table = []
+    for low, high in itertools.pairwise(edges):
+        chosen = (sides >= low) & (sides < high)
+        if chosen.any():
+            table.append(
+                {"range": f"{low:g}-{high:g}", "low_px": float(low), **_scored(correct, labels, chosen)}
+            )
+    floor = None
+    for row in reversed(table):
+        if row["count"] < FLOOR_MIN_COUNT:
+            continue
+        if not row["informative"]:
+            break
+        floor = row["low_px"]
+    result = {"floor_px": floor, "min_count": FLOOR_MIN_COUNT, "by_size_px": table}
+    applied = floor if applied_px is None else applied_px
+    if applied is not None:
+        result["applied_px"] = float(applied)
+        for name, chosen in (("under", sides < applied), ("over", sides >= applied)):
+            result[name] = _scored(correct, labels, chosen) if chosen.any() else None
+    return result
+
+
+def _scored(correct: np.ndarray, labels: np.ndarray, chosen: np.ndarray) -> dict:
+    from scipy.stats import binomtest
+
+    count, hits = int(chosen.sum()), int(correct[chosen].sum())
+    interval = binomtest(hits, count).proportion_ci(method="wilson")
+    constant = float(np.bincount(labels[chosen]).max() / count)
+    return {
+        "count": count,
+        "accuracy": hits / count,
+        "interval_95": [float(interval.low), float(interval.high)],
+        "constant_answer": constant,
+        "informative": bool(interval.low > constant),
+    }
 
 
 def frame_check(
@@ -97,10 +152,12 @@ def frame_check(
     snrs: np.ndarray,
     scheme: str,
     reject_threshold: float | None = None,
+    floor_px: float | None = None,
 ) -> dict:
     """Top-1 accuracy on frame galaxies, by box size and by S/N, with the share the chain's reject
     option keeps (top probability at least reject_threshold; the rest are 'uncertain') and the
-    accuracy of those it keeps."""
+    accuracy of those it keeps, and the resolution floor (resolution_floor; floor_px: the one in
+    use, the classifier card's)."""
     from classification.data import class_labels
     from detection.evaluate import SIZE_BINS_PX
     from edge.chain import ChainSettings
@@ -135,6 +192,7 @@ def frame_check(
         "kept_accuracy": float(correct[kept].mean()) if kept.any() else None,
         "by_size_px": rows(sides, (*SIZE_BINS_PX, np.inf)),
         "by_snr": rows(snrs, FRAME_SNR_BINS),
+        "resolution": resolution_floor(correct, labels, np.asarray(sides), floor_px),
     }
 
 

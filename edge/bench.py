@@ -480,7 +480,9 @@ def markdown(result: dict) -> str:
         chain = result["arm_icount"].get("chain_1280x720", {})
         if chain:
             lines.append(
-                f"\nThe chain's frame: {chain['tiles']} detector tiles, {chain['crops']} galaxies classified."
+                f"\nThe chain's frame: {chain['tiles']} detector tiles, "
+                f"{chain.get('galaxies', chain['crops'])} galaxies, {chain['crops']} of them classified "
+                "(the others under the classifier's resolution floor)."
             )
         if any("projected_ms_pi4" in c for c in result["arm_icount"].values()):
             lines.append(
@@ -592,7 +594,8 @@ def _icount_value(entry: dict) -> float:
 
 
 def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict) -> dict:
-    """Instructions per 1280x720 frame of the whole chain (every tile, every galaxy classified), and
+    """Instructions per 1280x720 frame of the whole chain (every tile, every galaxy over the classifier's
+    resolution floor classified), and
     its stages: detector and classifier invokes (count x per invoke), detection's own work (tiling,
     input lookup tables, decoding, NMS, tracking), the verification (when the detector's card names
     a verifier: decoding down to its candidate threshold, patches, invokes, re-scoring) and the
@@ -604,7 +607,9 @@ def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict)
     unverified = detect_only
     if "verifier" in models:
         unverified, _ = per_run(["chain-unverified", str(detector), "none", str(frame)], 1)
-    tiles, crops = (int(v) for v in re.findall(r"TILES (\d+) CROPS (\d+)", printed)[-1])
+    tiles, galaxies, crops = (
+        int(v) for v in re.findall(r"TILES (\d+) GALAXIES (\d+) CROPS (\d+)", printed)[-1]
+    )
     detector_invokes = tiles * models["detector"]["instructions_per_invoke"]
     classifier_invokes = crops * models["classifier"]["instructions_per_invoke"]
     stages = {
@@ -619,6 +624,7 @@ def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict)
         "instructions_per_frame": whole,
         "frame": str(frame),
         "tiles": tiles,
+        "galaxies": galaxies,
         "crops": crops,
         "stages": stages,
     }

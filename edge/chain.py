@@ -16,7 +16,16 @@ import cv2
 import numpy as np
 
 from edge.models import Classifier, Detections, Detector, square_region
-from edge.sinks import UNCERTAIN, AnnotatedSink, CatalogSink, JsonlSink, LiveWindow, annotate, track_label
+from edge.sinks import (
+    UNCERTAIN,
+    UNRESOLVED,
+    AnnotatedSink,
+    CatalogSink,
+    JsonlSink,
+    LiveWindow,
+    annotate,
+    track_label,
+)
 from edge.sources import Frame, FrameSource
 from edge.tiling import RollingTiles, detect_tiled, needs_tiling
 from edge.tracking import IouTracker, Track
@@ -32,6 +41,9 @@ class ChainSettings:
     )
     rotations: bool = False  # average the classifier over the 8 rotations and flips
     reject_threshold: float = 0.4  # top probability under this: "uncertain"
+    # Boxes whose longer side is under this are "unresolved" and not classified; None: the classifier
+    # card's resolution floor (README: below it the label was no better than a constant answer); 0: none.
+    min_classify_px: float | None = None
     score_threshold: float | None = None  # detector threshold (default: the model card's)
     reclassify_every: int = 30
     tiles_per_frame: int | None = None  # live views: run this many tiles a frame (RollingTiles); None: all
@@ -93,6 +105,10 @@ class Chain:
         self.tracker = IouTracker(reclassify_every=self.settings.reclassify_every)
         self.timer = StageTimer()
         self.class_labels = classifier.labels if classifier else []
+        floor = self.settings.min_classify_px
+        self.min_classify_px = (
+            (classifier.resolution_floor_px if classifier else 0.0) if floor is None else floor
+        )
         self._scene: str | None = None
         self.rolling = (
             RollingTiles(detector, self.settings.tiles_per_frame) if self.settings.tiles_per_frame else None
@@ -125,6 +141,13 @@ class Chain:
         # (a detector fine-tuned with stars, say) keep theirs.
         others = [None if c == 0 else self.detector.labels[c] for c in detections.class_ids.tolist()]
         tracks = self.tracker.update(detections.boxes, detections.scores, frame.index, others)
+        if self.classifier:
+            sides = np.maximum(
+                detections.boxes[:, 2] - detections.boxes[:, 0],
+                detections.boxes[:, 3] - detections.boxes[:, 1],
+            )
+            for track, side in zip(tracks, sides.tolist(), strict=True):
+                track.unresolved = side < self.min_classify_px
         latency["track"] = _lap(started)
 
         started = time.perf_counter()
@@ -133,6 +156,7 @@ class Chain:
             for i, t in enumerate(tracks)
             if self.classifier
             and t.detector_label is None
+            and not t.unresolved
             and self.tracker.needs_classification(t, frame.index)
         ]
         crops = [square_crop(frame.image, detections.boxes[i], self.settings.crop_scale) for i in todo]
@@ -169,10 +193,15 @@ class RunSummary:
     fps: float
     frame_age_ms: dict[str, float]
     out: Path
+    unresolved: int = 0  # galaxies left unclassified, under the resolution floor when last seen
 
     def lines(self) -> list[str]:
+        unresolved = (
+            f", {self.unresolved} of them unresolved (too small to classify)" if self.unresolved else ""
+        )
         lines = [
-            f"{self.frames} frames, {self.galaxies} galaxies (unique tracks), {self.dropped} dropped frames, "
+            f"{self.frames} frames, {self.galaxies} galaxies (unique tracks){unresolved}, "
+            f"{self.dropped} dropped frames, "
             f"{self.skipped} unreadable frames skipped, {self.fps:.1f} frames/s, "
             f"frame age p50 {self.frame_age_ms['p50_ms']:.1f} ms p90 {self.frame_age_ms['p90_ms']:.1f} ms",
             "latency per stage (ms):   p50     p90",
@@ -276,6 +305,7 @@ def run(chain: Chain, source: FrameSource, out: Path, max_frames: int | None = N
     return RunSummary(
         frames=frames,
         galaxies=sum(t.detector_label is None for t in chain.tracker.all_tracks()),
+        unresolved=sum(t.detector_label is None and t.unresolved for t in chain.tracker.all_tracks()),
         skipped=source.stats.skipped,
         dropped=source.stats.dropped,
         reconnects=source.stats.reconnects,
@@ -297,16 +327,24 @@ def annotate_result(
 ) -> np.ndarray:
     """The frame with each galaxy's box, track number, class and confidence drawn."""
     captions = [
-        f"{t.track_id} {label} {conf:.2f}" if label != UNCERTAIN else f"{t.track_id} ?"
+        _caption(t.track_id, label, conf)
         for t, label, conf in zip(result.tracks, result.labels, result.confidences, strict=True)
     ]
     palette = palette if palette is not None else palette_of(chain)
     return annotate(result.frame.image, result.detections.boxes, captions, result.labels, palette)
 
 
+def _caption(track_id: int, label: str, confidence: float) -> str:
+    if label == UNCERTAIN:
+        return f"{track_id} ?"
+    if label == UNRESOLVED:  # the box says it all; a word on each of a crowded field's faint ones would not
+        return str(track_id)
+    return f"{track_id} {label} {confidence:.2f}"
+
+
 def palette_of(chain: Chain) -> dict[str, tuple[int, int, int]]:
     """BGR drawing colour per class, from the classifier's card."""
-    palette = {UNCERTAIN: (160, 160, 160)}
+    palette = {UNCERTAIN: (160, 160, 160), UNRESOLVED: (215, 215, 215)}
     colors = chain.classifier.card.raw.get("colors_rgb") if chain.classifier else None
     if colors:
         for name, (r, g, b) in zip(chain.class_labels, colors, strict=False):

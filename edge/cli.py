@@ -23,6 +23,13 @@ def _probability(value: str) -> float:
     return number
 
 
+def _non_negative(value: str) -> float:
+    number = float(value)
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, 0 or more, got {value}")
+    return number
+
+
 def _runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="interpreter threads (default: the runtime's)"
@@ -91,6 +98,14 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         type=_probability,
         default=0.4,
         help="a galaxy whose top class probability is below this is reported 'uncertain'",
+    )
+    run.add_argument(
+        "--min-classify-px",
+        type=_non_negative,
+        metavar="PX",
+        help="galaxies whose box's longer side is under PX are reported 'unresolved' and not classified "
+        "(default: the classifier card's resolution_floor_px, where its labels stop being better than a "
+        "constant answer; 0 classifies every galaxy)",
     )
     _verifier_option(run)
     run.add_argument("--rotations", action="store_true", help="average the classifier over 8 rotations/flips")
@@ -334,6 +349,7 @@ def run_chain(args: argparse.Namespace) -> int:
         tiling=args.tiling,
         score_threshold=args.score_threshold,
         reject_threshold=args.reject_threshold,
+        min_classify_px=args.min_classify_px,
         rotations=args.rotations,
         annotate=not args.no_annotate,
         annotated_video=args.video,

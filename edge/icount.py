@@ -9,8 +9,9 @@ is the cost of K invokes or frames, start-up and warm-up excluded.
     python -m edge.icount chain DETECTOR CLASSIFIER|none FRAME K
     python -m edge.icount chain-unverified DETECTOR none FRAME K   (the verifier its card names left out)
 
-The chain classifies every galaxy on every frame and detects over every tile (the full frame at
-native scale): the cold cost of a new field, not the live view's steady state.
+The chain classifies every galaxy on every frame (those over the classifier card's resolution floor;
+smaller ones are "unresolved", as `galaxy-edge run` leaves them) and detects over every tile (the full
+frame at native scale): the cold cost of a new field, not the live view's steady state.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def _probe(argv: list[str]) -> None:
             chain.process(Frame(index + 1, image, "icount", 0.0))
         tiles = len(tile_layout(detector, image.shape)) if needs_tiling(detector, image.shape) else 1
         # What the frame cost is made of, for the caller's breakdown (stdout; the count is on stderr).
-        print(f"TILES {tiles} CROPS {len(result.detections) if classifier else 0}")
+        classified = sum(t.classifications > 0 for t in result.tracks) if classifier else 0
+        print(f"TILES {tiles} GALAXIES {len(result.detections)} CROPS {classified}")
 
 
 def count_instructions(arguments: list[str], pi_dir: Path = PI_DIR) -> tuple[int, str]:

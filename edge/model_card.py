@@ -23,6 +23,9 @@ runtime uses are:
         "context": 1.5, "max_side": 64, "max_candidates": 512,
         "candidate_threshold": 0.05, "score_threshold": 0.35
       },
+      "resolution_floor_px": 32,                      # classifiers, optional: detections whose box's
+                                                      # longer side is under this are "unresolved", not
+                                                      # classified (measured: evaluate --frames)
       "quantization": {"step": 0.0039}                # output score quantization step, for parity checks
     }
 
@@ -74,6 +77,7 @@ class ModelCard:
     decoding: Decoding | None = None
     score_step: float | None = None
     verification: dict | None = None
+    resolution_floor_px: float | None = None
     raw: dict = field(default_factory=dict)
 
 
@@ -125,6 +129,9 @@ def read_model_card(model_path: Path | str) -> ModelCard:
                     raise KeyError(f"verification.{key}")
         elif task not in ("classifier", "detector"):
             raise KeyError(f"task (got {task!r}, expected classifier, detector or verifier)")
+        floor = raw.get("resolution_floor_px")
+        if floor is not None and (isinstance(floor, bool) or float(floor) < 0):
+            raise ValueError(f"resolution_floor_px must be a size in pixels, not {floor!r}")
         return ModelCard(
             path=path,
             task=task,
@@ -136,6 +143,7 @@ def read_model_card(model_path: Path | str) -> ModelCard:
             decoding=decoding,
             score_step=raw.get("quantization", {}).get("step"),
             verification=verification,
+            resolution_floor_px=None if floor is None else float(floor),
             raw=raw,
         )
     except (KeyError, TypeError, ValueError) as error:

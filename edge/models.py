@@ -149,6 +149,9 @@ class Classifier(TFLiteModel):
 
     def _configure(self) -> None:
         self.outputs_logits = self.card.raw.get("output", "probabilities") == "logits"
+        # Boxes smaller than this are left unclassified by the chain: below it the label was measured
+        # to be no better than a constant answer (card field; 0 when absent: classify everything).
+        self.resolution_floor_px = self.card.resolution_floor_px or 0.0
 
     def classify(self, crops_bgr: list[np.ndarray], rotations: bool = False) -> np.ndarray:
         """(N, classes) probabilities; with rotations, the mean over the 8 dihedral views."""

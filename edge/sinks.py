@@ -19,6 +19,7 @@ from edge.tracking import Track
 from galaxy_edge.draw import color_for, draw_boxes
 
 UNCERTAIN = "uncertain"
+UNRESOLVED = "unresolved"  # a galaxy too small for its class to be told (the classifier's resolution floor)
 
 
 class JsonlSink:
@@ -98,9 +99,12 @@ class CatalogSink:
 
 def track_label(track: Track, labels: list[str], reject_threshold: float) -> tuple[str, float]:
     """The voted class of a track, or 'uncertain' when its top probability is under the threshold;
-    a track of another detector label (not classified) has that label and its detection score."""
+    a track of another detector label (not classified) has that label and its detection score, and an
+    unresolved galaxy (under the classifier's resolution floor) 'unresolved' and its detection score."""
     if track.detector_label is not None:
         return track.detector_label, track.score
+    if track.unresolved:
+        return UNRESOLVED, track.score
     probabilities = track.probabilities
     if probabilities is None:
         return UNCERTAIN, 0.0

@@ -46,6 +46,9 @@ class Track:
     # The detector's label when it is not the one the classifier refines (a star, say): such a
     # track is not classified and keeps this label.
     detector_label: str | None = None
+    # Its box is under the classifier's resolution floor on the latest frame: not classified, shown as
+    # "unresolved" (edge.chain sets it).
+    unresolved: bool = False
 
     @property
     def probabilities(self) -> np.ndarray | None:

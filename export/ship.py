@@ -4,6 +4,7 @@ a model card.
 
     python -m export.ship RUN/classifier.keras models/galaxy10_classifier.keras \
         [--card models/galaxy10_classifier_int8.json --evaluation RUN/eval/evaluation.json]
+        [--resolution-floor RUN/eval_frames/evaluation.json]
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def merge_evaluation(card_path: Path, evaluation_path: Path) -> Path:
             metrics["simulated_held_out"]["rotations"] = report["data_rotations"]
     if "gz2_spiral_check" in report:
         metrics["real_gz2_spiral_check"] = report["gz2_spiral_check"]
+    if "frames" in report:  # classifier: the galaxies of simulated frames, cut as the chain cuts them
+        metrics["simulated_frame_galaxies"] = report["frames"]
     if "coco" in report:  # detector
         metrics["simulated_held_out"] = {
             "source": report["data"]["source"],
@@ -69,6 +72,29 @@ def merge_evaluation(card_path: Path, evaluation_path: Path) -> Path:
     return card_path
 
 
+def set_resolution_floor(card_path: Path, evaluation_path: Path) -> float | None:
+    """Write the floor that `evaluate --classifier --frames` found into the classifier's card, where
+    the chain reads it (edge.chain: smaller galaxies are 'unresolved'). Choose it on frames that are
+    not the held-out ones. None (the card left as it is) when no size was informative."""
+    card = json.loads(card_path.read_text())
+    report = json.loads(evaluation_path.read_text())
+    if "frames" not in report:
+        raise SystemExit(f"{evaluation_path}: no frame galaxies (evaluate --classifier --frames DIR)")
+    resolution = report["frames"]["resolution"]
+    floor = resolution["floor_px"]
+    if floor is None:
+        print(f"{evaluation_path}: no box size gave informative labels; {card_path} keeps no floor")
+        return None
+    card["resolution_floor_px"] = floor
+    card["resolution_floor_chosen_on"] = {
+        "frames": report["frames"]["source"],
+        "rule": "the smallest size from which every size bin's accuracy (Wilson 95 % lower bound) beats "
+        f"a constant answer (bins of at least {resolution['min_count']} galaxies)",
+    }
+    card_path.write_text(json.dumps(card, indent=1))
+    return floor
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -79,11 +105,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--evaluation", type=Path, action="append", default=[], help="evaluation reports, merged in order"
     )
+    parser.add_argument(
+        "--resolution-floor",
+        type=Path,
+        metavar="EVALUATION",
+        help="a classifier's `evaluate --frames` report on frames chosen for it (not the held-out ones): "
+        "its resolution floor goes into each --card",
+    )
     args = parser.parse_args(argv)
     ship_keras(args.source, args.target)
     for card in args.card:
         for evaluation in args.evaluation:
             merge_evaluation(card, evaluation)
+        if args.resolution_floor:
+            set_resolution_floor(card, args.resolution_floor)
     print(f"shipped {args.target}")
     return 0
 

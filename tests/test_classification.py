@@ -22,6 +22,7 @@ from classification.evaluate import (
     spiral_check,
 )
 from classification.model import CNNConfig, build_cnn, count_parameters
+from edge.model_card import read_model_card
 from galaxy_edge.errors import GalaxyEdgeError
 from tests.conftest import REPO
 
@@ -599,6 +600,43 @@ def test_frame_check_bins_accuracy_and_what_the_reject_option_keeps() -> None:
         frame_check(probabilities[:1], ["smooth_cigar"], np.array([5.0]), np.array([5.0]), "decals")
 
 
+def _wilson(hits: int, count: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    p = hits / count
+    centre = (p + z * z / (2 * count)) / (1 + z * z / count)
+    half = z / (1 + z * z / count) * np.sqrt(p * (1 - p) / count + z * z / (4 * count * count))
+    return centre - half, centre + half
+
+
+def test_resolution_floor_is_where_labels_stop_beating_a_constant_answer() -> None:
+    from classification.evaluate import resolution_floor
+
+    # (box side, galaxies, right): labels spread evenly over 10 classes, so a constant answer scores 0.1.
+    groups = [(10.0, 50, 5), (22.0, 10, 10), (34.0, 50, 40), (70.0, 40, 30)]
+    sides = np.concatenate([np.full(n, side) for side, n, _ in groups])
+    correct = np.concatenate([np.arange(n) < right for _, n, right in groups])
+    labels = np.concatenate([np.arange(n) % 10 for _, n, _ in groups])
+    result = resolution_floor(correct, labels, sides)
+    rows = {row["range"]: row for row in result["by_size_px"]}
+    assert list(rows) == ["8-12", "20-24", "32-40", "64-128"]
+    assert rows["32-40"]["accuracy"] == 0.8 and rows["32-40"]["constant_answer"] == 0.1
+    assert rows["32-40"]["interval_95"] == pytest.approx(_wilson(40, 50), abs=1e-9)
+    assert rows["8-12"]["interval_95"] == pytest.approx(_wilson(5, 50), abs=1e-9)
+    assert not rows["8-12"]["informative"] and rows["32-40"]["informative"] and rows["64-128"]["informative"]
+    # 20-24 is all right but has 10 galaxies: it counts neither way, so the floor is 32, not 20.
+    assert rows["20-24"]["informative"] and result["floor_px"] == 32.0 and result["applied_px"] == 32.0
+    assert result["under"]["count"] == 60 and result["under"]["accuracy"] == pytest.approx(15 / 60)
+    assert result["over"]["count"] == 90 and result["over"]["accuracy"] == pytest.approx(70 / 90)
+    # The floor in use (a card's) is scored as given, whatever these galaxies would choose.
+    given = resolution_floor(correct, labels, sides, applied_px=20.0)
+    assert given["floor_px"] == 32.0 and given["applied_px"] == 20.0 and given["under"]["count"] == 50
+    # A constant answer that matches the classifier: uninformative everywhere, no floor.
+    uninformative = resolution_floor(correct, np.where(correct, 1, labels), sides)
+    assert uninformative["floor_px"] is None and "under" not in uninformative
+    # When the largest bin does not beat a constant answer, nothing does.
+    worst = resolution_floor(correct & (sides < 60), labels, sides)
+    assert worst["floor_px"] is None
+
+
 def test_frame_galaxies_are_cut_as_the_chain_cuts_them(tmp_path: Path, run_cli) -> None:
     import csv
 
@@ -637,6 +675,9 @@ def test_frame_galaxies_are_cut_as_the_chain_cuts_them(tmp_path: Path, run_cli) 
     assert code == 0, err
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert report["frames"]["count"] == 1 and report["frames"]["by_size_px"][0]["range"] == "16-32"
+    # The card's resolution floor is the one scored (the chain applies it).
+    floor = read_model_card(model).resolution_floor_px
+    assert floor and report["frames"]["resolution"]["applied_px"] == floor
     code, _, err = run_cli(
         "evaluate", "--classifier", "--model", model, "--frames", tmp_path / "no", "--out", tmp_path / "e2"
     )  # fmt: skip

@@ -142,6 +142,14 @@ def test_missing_card_and_wrong_task_are_clear_errors(tiny_models, tmp_path: Pat
     )
     with pytest.raises(GalaxyEdgeError, match="anchors_center_yxhw"):
         Detector(broken)
+    floored = tmp_path / "floored.tflite"
+    shutil.copy(tiny_models["classifier"], floored)
+    card = json.loads(tiny_models["classifier"].with_suffix(".json").read_text())
+    (tmp_path / "floored.json").write_text(json.dumps({**card, "resolution_floor_px": -4}))
+    with pytest.raises(
+        GalaxyEdgeError, match=r"floored\.json: .*resolution_floor_px must be a size in pixels"
+    ):
+        Classifier(floored)
 
 
 def test_edgetpu_model_without_libedgetpu_says_so(tiny_models, tmp_path: Path) -> None:

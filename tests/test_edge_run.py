@@ -125,6 +125,76 @@ def test_boxes_of_another_detector_label_keep_it_and_are_not_classified(tiny_mod
     assert sorted(r["label"] for r in rows) == ["blue", "red", "star"]
 
 
+def _with_resolution_floor(classifier: Path, folder: Path, floor: float) -> Path:
+    """A copy of the classifier whose card carries resolution_floor_px."""
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = folder / classifier.name
+    copy.write_bytes(classifier.read_bytes())
+    card = json.loads(classifier.with_suffix(".json").read_text())
+    card["resolution_floor_px"] = floor
+    copy.with_suffix(".json").write_text(json.dumps(card))
+    return copy
+
+
+def test_galaxies_under_the_resolution_floor_are_unresolved_and_not_classified(
+    tiny_models, run_cli, tmp_path
+):
+    """Boxes under the classifier card's floor are labelled 'unresolved' with their detection score and
+    never cropped or classified; larger ones are classified; --min-classify-px overrides the card."""
+
+    class LargerOnTheRight(Detector):
+        def detect_image(self, image_bgr, offset=(0.0, 0.0)):
+            found = super().detect_image(image_bgr, offset)
+            centres = (found.boxes[:, :2] + found.boxes[:, 2:]) / 2
+            half = (found.boxes[:, 2:] - found.boxes[:, :2]) / 2
+            grow = np.where(centres[:, :1] > 80, 3.0, 1.0)  # blobs right of x=80: boxes 3 times larger
+            found.boxes = np.hstack([centres - grow * half, centres + grow * half]).astype(np.float32)
+            return found
+
+    detector = LargerOnTheRight(tiny_models["detector"])
+    boxes = Chain(detector, None).detect(blob_frame(160, 128, SCENE)).boxes  # tiled, as run() detects
+    sides = np.sort(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]))
+    assert len(sides) == 3 and sides[1] * 2 < sides[2]  # two small boxes, one large
+    floor = float(sides[1] + sides[2]) / 2
+    classifier = Classifier(_with_resolution_floor(tiny_models["classifier"], tmp_path / "floored", floor))
+    assert classifier.resolution_floor_px == floor
+    invoked: list[int] = []
+    classify = classifier.classify
+    classifier.classify = lambda crops, rotations=False: (
+        invoked.append(len(crops)) or classify(crops, rotations)
+    )
+    chain = Chain(detector, classifier, ChainSettings())
+    summary = run(chain, open_source(str(_write_video(tmp_path / "scene.avi", 3))), tmp_path / "out")
+    assert summary.galaxies == 3 and summary.unresolved == 2 and "2 of them unresolved" in summary.lines()[0]
+    assert invoked == [1]  # the large galaxy, once (static scene)
+    records = [json.loads(line) for line in (tmp_path / "out" / "detections.jsonl").read_text().splitlines()]
+    by_label: dict[str, list[dict]] = {}
+    for detection in records[-1]["detections"]:
+        by_label.setdefault(detection["label"], []).append(detection)
+    unresolved = by_label.pop("unresolved")
+    assert len(unresolved) == 2 and all(
+        d["confidence"] == d["score"] and "probs" not in d for d in unresolved
+    )
+    [(label, [classified])] = (
+        by_label.items()
+    )  # the large one: a class (or "uncertain") and its probabilities
+    assert "probs" in classified
+    rows = list(csv.DictReader((tmp_path / "out" / "catalog.csv").open()))
+    assert sorted(r["label"] for r in rows) == sorted([label, "unresolved", "unresolved"])
+    # 0 classifies every galaxy, whatever the card says.
+    chain = Chain(detector, classifier, ChainSettings(min_classify_px=0))
+    summary = run(chain, open_source(str(_write_video(tmp_path / "scene.avi", 1))), tmp_path / "all")
+    assert summary.unresolved == 0 and invoked[-1] == 3
+    code, stdout, stderr = run_cli(
+        "run", "--source", tmp_path / "scene.avi", "--out", tmp_path / "cli", "--min-classify-px", 1000,
+        "--detector", tiny_models["detector"], "--classifier", tiny_models["classifier"],
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "3 galaxies (unique tracks), 3 of them unresolved" in stdout
+    code, _, stderr = run_cli("run", "--source", tmp_path / "scene.avi", "--min-classify-px", "-1")
+    assert code != 0 and "--min-classify-px" in stderr and "0 or more" in stderr
+
+
 def test_stills_in_a_folder_do_not_share_tracks(tiny_models, tmp_path):
     folder = tmp_path / "stills"
     folder.mkdir()

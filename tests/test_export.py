@@ -122,3 +122,26 @@ def test_ship_merges_evaluation_figures_into_the_card(tmp_path: Path) -> None:
     held_out = json.loads(merge_evaluation(card, evaluation).read_text())["metrics"]["simulated_held_out"]
     assert held_out["map50"] == 0.6 and "pr_curve_iou50" not in held_out
     assert held_out["recall_by_size"][0]["count"] == 3 and held_out["recall_threshold"] == 0.35
+
+
+def test_resolution_floor_goes_from_a_frames_evaluation_into_the_card(tmp_path: Path) -> None:
+    from export.ship import merge_evaluation, set_resolution_floor
+
+    card = tmp_path / "m_int8.json"
+    card.write_text(json.dumps({"task": "classifier", "labels": ["a"]}))
+    evaluation = tmp_path / "evaluation.json"
+    frames = {"source": "frames/seed600", "resolution": {"floor_px": 32.0, "min_count": 30, "by_size_px": []}}
+    evaluation.write_text(json.dumps({"model": "m_int8.tflite", "frames": frames}))
+    assert set_resolution_floor(card, evaluation) == 32.0
+    written = json.loads(card.read_text())
+    assert written["resolution_floor_px"] == 32.0
+    assert written["resolution_floor_chosen_on"]["frames"] == "frames/seed600"
+    merged = json.loads(merge_evaluation(card, evaluation).read_text())
+    assert merged["metrics"]["simulated_frame_galaxies"]["resolution"]["floor_px"] == 32.0
+    frames["resolution"]["floor_px"] = None  # nothing informative: the card keeps what it has
+    evaluation.write_text(json.dumps({"frames": frames}))
+    assert set_resolution_floor(card, evaluation) is None
+    assert json.loads(card.read_text())["resolution_floor_px"] == 32.0
+    evaluation.write_text(json.dumps({"data": {}}))
+    with pytest.raises(SystemExit, match="no frame galaxies"):
+        set_resolution_floor(card, evaluation)

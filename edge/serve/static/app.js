@@ -132,7 +132,8 @@ async function refreshSky() {
     $("sky-image").src = `/sky.jpg?n=${state.number}`;
     const counts = {};
     for (const g of state.galaxies) counts[g.label] = (counts[g.label] || 0) + 1;
-    const parts = Object.entries(counts).map(([k, v]) => `${v} ${k === "uncertain" ? "uncertain" : titleOf(k)}`);
+    const named = { uncertain: "uncertain", unresolved: "too small to classify" };
+    const parts = Object.entries(counts).map(([k, v]) => `${v} ${named[k] || titleOf(k)}`);
     $("sky-status").textContent = `${state.source}: ${state.galaxies.length} galaxies found${parts.length ? " (" + parts.join(", ") + ")" : ""}`;
   }
 }
