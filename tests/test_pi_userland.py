@@ -217,7 +217,7 @@ def test_shipped_models_run_the_verbs_on_the_samples(pi_python: Path, tmp_path: 
     assert f"{len(PI_SAMPLES)} frames" in result.stdout
     frames = [json.loads(line) for line in (tmp_path / "out" / "detections.jsonl").read_text().splitlines()]
     assert len(frames) == len(PI_SAMPLES) and sum(len(f["detections"]) for f in frames) > 10
-    # The classifier card's resolution floor holds on the Pi too: small galaxies unresolved, others classified.
+    # The classifier card's resolution floor holds on the Pi: small galaxies unresolved, others classified.
     labels = {d["label"] for f in frames for d in f["detections"]}
     assert "unresolved" in labels and labels - {"unresolved", "uncertain"}
 
