@@ -111,8 +111,18 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     train.add_argument(
         "--frames",
         type=Path,
-        help="classifier: also train on the galaxies of simulated frames (a `simulate frames` folder: "
+        nargs="+",
+        metavar="DIR",
+        help="classifier: also train on the galaxies of simulated frames (`simulate frames` folders: "
         "truth.csv), cut as the chain cuts a detection; split with --split's fractions like --data",
+    )
+    train.add_argument(
+        "--frame-min-px",
+        type=float,
+        default=0.0,
+        metavar="PX",
+        help="with --frames: leave out galaxies whose box's longer side is under PX (the classifier's "
+        "resolution floor: the chain does not classify them)",
     )
     train.add_argument(
         "--frame-repeat",
@@ -346,10 +356,12 @@ def _with_frame_galaxies(args: argparse.Namespace, scheme: str, train, validatio
     """Each part joined by its share of the frame galaxies (the training share --frame-repeat times)."""
     from classification.data import frame_galaxies, join, stratified_split
 
-    galaxies = frame_galaxies(args.frames, args.size, scheme)
+    galaxies = join([frame_galaxies(folder, args.size, scheme, args.frame_min_px) for folder in args.frames])
     parts = [galaxies.subset(p) for p in stratified_split(galaxies.labels, args.split, args.seed)]
+    floor = f" of {args.frame_min_px:g} pixels or more" if args.frame_min_px else ""
     print(
-        f"{args.frames}: {len(galaxies)} frame galaxies, train {len(parts[0])} x {args.frame_repeat}, "
+        f"{' '.join(map(str, args.frames))}: {len(galaxies)} frame galaxies{floor}, "
+        f"train {len(parts[0])} x {args.frame_repeat}, "
         f"val {len(parts[1])}, test {len(parts[2])}",
         file=sys.stderr,
     )

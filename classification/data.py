@@ -194,11 +194,16 @@ def frame_galaxy_crops(folder: Path, size: int, crop_scale: float | None = None)
     return np.array(images, np.uint8).reshape(-1, size, size, 3), names, np.array(sides), np.array(snrs)
 
 
-def frame_galaxies(folder: Path | str, size: int, scheme: str = "decals") -> ImageSet:
+def frame_galaxies(folder: Path | str, size: int, scheme: str = "decals", min_side: float = 0.0) -> ImageSet:
     """The galaxies of simulated frames as a labelled set, cut as the chain cuts them (see
-    frame_galaxy_crops): the classifier's job in the chain, to train on beside the stamps."""
-    images, names, _, _ = frame_galaxy_crops(Path(folder), size)
-    return ImageSet(images, class_labels(names, scheme, str(folder)), scheme, f"{folder} (frame galaxies)")
+    frame_galaxy_crops): the classifier's job in the chain, to train on beside the stamps. Those whose
+    box's longer side is under min_side are left out (the chain does not classify them)."""
+    images, names, sides, _ = frame_galaxy_crops(Path(folder), size)
+    kept = np.flatnonzero(sides >= min_side)
+    if not len(kept):
+        raise GalaxyEdgeError(f"{folder}: no frame galaxy of {min_side:g} pixels or more")
+    labels = class_labels([names[i] for i in kept], scheme, str(folder))
+    return ImageSet(images[kept], labels, scheme, f"{folder} (frame galaxies)")
 
 
 def class_labels(names: list[str], scheme: str, where: str) -> np.ndarray:

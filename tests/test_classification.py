@@ -807,6 +807,22 @@ def test_training_on_frame_galaxies_joins_each_part(tmp_path: Path, run_cli) -> 
     assert "frame galaxies" in summary["source"]
     code, _, err = run_cli(*train, "--frame-repeat", "0", "--out", tmp_path / "r0")
     assert code != 0 and "--frame-repeat 0" in err
+    # Several folders join; galaxies under --frame-min-px (the resolution floor) are left out.
+    from classification.data import frame_galaxy_crops
+
+    sides = frame_galaxy_crops(frames, 32)[2]
+    floor = float(np.median(sides))
+    large = frame_galaxies(frames, 32, min_side=floor)
+    assert len(large) == int((sides >= floor).sum()) < len(galaxies)
+    with pytest.raises(GalaxyEdgeError, match=r"no frame galaxy of 10000 pixels or more"):
+        frame_galaxies(frames, 32, min_side=1e4)
+    both = ("--frames", frames, frames, "--frame-min-px", str(floor), "--out", tmp_path / "r2")
+    code, _, err = run_cli(*train[:-4], "--split", "0.8,0.2,0", "--no-augment", *both)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "r2" / "classifier.json").read_text())["data"]
+    frame_train, frame_val, _ = stratified_split(np.concatenate([large.labels] * 2), (0.8, 0.2, 0.0), 0)
+    assert sum(summary["train"].values()) == len(stamp_train) + len(frame_train)
+    assert sum(summary["validation"].values()) == len(stamp_val) + len(frame_val)
     code, _, err = run_cli(
         "train", "--detector", "--data", frames, "--frames", frames, "--out", tmp_path / "d"
     )
