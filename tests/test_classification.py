@@ -817,7 +817,7 @@ def test_training_on_frame_galaxies_joins_each_part(tmp_path: Path, run_cli) -> 
     with pytest.raises(GalaxyEdgeError, match=r"no frame galaxy of 10000 pixels or more"):
         frame_galaxies(frames, 32, min_side=1e4)
     both = ("--frames", frames, frames, "--frame-min-px", str(floor), "--out", tmp_path / "r2")
-    code, _, err = run_cli(*train[:-4], "--split", "0.8,0.2,0", "--no-augment", *both)
+    code, _, err = run_cli(*train[:-5], "--split", "0.8,0.2,0", "--no-augment", *both)
     assert code == 0, err
     summary = json.loads((tmp_path / "r2" / "classifier.json").read_text())["data"]
     frame_train, frame_val, _ = stratified_split(np.concatenate([large.labels] * 2), (0.8, 0.2, 0.0), 0)
