@@ -594,12 +594,11 @@ def _icount_value(entry: dict) -> float:
 
 
 def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict) -> dict:
-    """Instructions per 1280x720 frame of the whole chain (every tile, every galaxy over the classifier's
-    resolution floor classified), and
-    its stages: detector and classifier invokes (count x per invoke), detection's own work (tiling,
-    input lookup tables, decoding, NMS, tracking), the verification (when the detector's card names
-    a verifier: decoding down to its candidate threshold, patches, invokes, re-scoring) and the
-    crops' (cropping, resizing, softmax)."""
+    """Instructions per 1280x720 frame of the whole chain (every tile; every galaxy classified that is
+    over the classifier's resolution floor), and its stages: detector and classifier invokes (count x
+    per invoke), detection's own work (tiling, input lookup tables, decoding, NMS, tracking), the
+    verification (when the detector's card names a verifier: decoding down to its candidate
+    threshold, patches, invokes, re-scoring) and the crops' (cropping, resizing, softmax)."""
     from edge.icount import per_run
 
     whole, printed = per_run(["chain", str(detector), str(classifier), str(frame)], 1)

@@ -337,7 +337,7 @@ def annotate_result(
 def _caption(track_id: int, label: str, confidence: float) -> str:
     if label == UNCERTAIN:
         return f"{track_id} ?"
-    if label == UNRESOLVED:  # the box says it all; a word on each of a crowded field's faint ones would not
+    if label == UNRESOLVED:  # the track id only: words on a crowded field's many small boxes would bury it
         return str(track_id)
     return f"{track_id} {label} {confidence:.2f}"
 
