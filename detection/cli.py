@@ -70,7 +70,7 @@ def add_verifier_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--max-side",
         type=float,
-        default=64.0,
+        default=32.0,
         help="candidates whose longer side reaches this many pixels keep the detector's score",
     )
     group.add_argument(

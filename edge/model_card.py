@@ -20,7 +20,7 @@ runtime uses are:
       },
       "verifier": "galaxy_verifier_int8.tflite",      # detectors, optional: re-scores candidates
       "verification": {                               # verifiers only (edge.models.Verifier)
-        "context": 1.5, "max_side": 64, "max_candidates": 512,
+        "context": 1.5, "max_side": 32, "max_candidates": 512,
         "candidate_threshold": 0.05, "score_threshold": 0.35
       },
       "resolution_floor_px": 32,                      # classifiers, optional: detections whose box's
