@@ -5,8 +5,8 @@ re-scores only candidates under that many pixels (the verifier card's verificati
 
   python scripts/probes/verifier_real_frames.py [--max-side PX] [FRAME X,Y [X,Y ...]]
 
-Without points: the Hubble sample and 8 galaxies picked by eye there (longer sides 27-63 pixels; README,
-The verifier).
+Without points: the Hubble sample and the 8 galaxies picked by eye there that tests/test_verifier.py
+checks (longer sides 27-63 pixels; README, The verifier).
 """
 
 from __future__ import annotations
@@ -19,19 +19,10 @@ import numpy as np
 
 from edge.models import Detector
 from edge.tiling import detect_frame
+from tests.test_verifier import HUBBLE_OBVIOUS_GALAXIES as HUBBLE_GALAXIES
+from tests.test_verifier import HUBBLE_SAMPLE as HUBBLE
 
 DETECTOR = Path("models/galaxy_detector_int8.tflite")
-HUBBLE = Path("samples/hubble_udf_crop_1280x720.jpg")
-HUBBLE_GALAXIES = [
-    (230, 45),
-    (265, 620),
-    (220, 515),
-    (1005, 648),
-    (915, 357),
-    (1205, 400),
-    (955, 478),
-    (635, 605),
-]
 
 
 def best_at(found, x: float, y: float) -> tuple[float, list[int]] | None:
