@@ -56,6 +56,20 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         "after every epoch (--epochs becomes a cap); a resumed run gets the whole budget again",
     )
     group.add_argument(
+        "--keep-expansions",
+        type=float,
+        metavar="FRACTION",
+        help="with --from: prune the model first, keeping this fraction of the expansion channels of "
+        "its inverted-residual blocks (the most important on training crops), then fine-tune",
+    )
+    group.add_argument(
+        "--prune-min-stride",
+        type=int,
+        default=16,
+        help="with --keep-expansions: prune only blocks at this stride or coarser (default 16: the "
+        "high-resolution blocks that small galaxies need keep their width)",
+    )
+    group.add_argument(
         "--freeze-backbone",
         action="store_true",
         help="with --from: train the heads only (a few dozen frames of a new camera)",
@@ -153,6 +167,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.time_budget is not None and args.time_budget <= 0:
         raise GalaxyEdgeError(f"--time-budget {args.time_budget}: give a positive number of seconds")
+    if args.keep_expansions is not None and not args.initial:
+        raise GalaxyEdgeError("--keep-expansions prunes a trained model: give it with --from MODEL.keras")
     if args.workers < 0:
         raise GalaxyEdgeError(f"--workers {args.workers}: give 0 (none) or more")
     labels = [name.strip() for name in args.labels.split(",") if name.strip()]
@@ -183,6 +199,10 @@ def run_train(args: argparse.Namespace) -> int:
             initial, config = _with_strides(initial, config, train_frames, args.strides)
         if args.fpn and not config.fpn:
             initial, config = _with_fpn(initial, config)
+        if args.keep_expansions is not None:
+            initial, config = _pruned(
+                initial, config, train_frames, args.keep_expansions, args.prune_min_stride
+            )
     else:
         config = DetectorConfig(
             backbone=args.backbone,
@@ -215,6 +235,21 @@ def run_train(args: argparse.Namespace) -> int:
     )
     print(f"model {args.out / 'detector.keras'}, summary {args.out / 'detector.json'}")
     return 0
+
+
+def _pruned(source, source_config, frames, keep_fraction: float, min_stride: int):
+    """`source` with fewer expansion channels (detection.prune), ranked on 64 training crops drawn
+    from a fixed seed, so a resumed run prunes the same channels."""
+    from detection.prune import prune_detector, sample_tiles
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    if not 0.0 < keep_fraction <= 1.0:
+        raise GalaxyEdgeError(f"--keep-expansions {keep_fraction}: give a fraction in (0, 1]")
+    tiles = sample_tiles(frames, source_config.input_size)
+    model, config = prune_detector(source, source_config, tiles, keep_fraction, min_stride)
+    before, after = source.count_params(), model.count_params()
+    print(f"pruned: {before:,} -> {after:,} parameters; expansions {config.expansions}", file=sys.stderr)
+    return model, config
 
 
 def _with_fpn(source, source_config):

@@ -46,6 +46,8 @@ class DetectorConfig:
     anchors: AnchorSpec = field(default_factory=AnchorSpec)
     box_variance: tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     fpn: bool = False  # a top-down pathway: each level also sees the coarser levels' features
+    # Expansion widths of pruned inverted-residual blocks, {block name: channels} (detection.prune).
+    expansions: dict[str, int] = field(default_factory=dict)
 
     @property
     def input_size(self) -> int:
@@ -67,6 +69,7 @@ class DetectorConfig:
             anchors=AnchorSpec.from_dict(values["anchors"]),
             box_variance=tuple(values.get("box_variance", (0.1, 0.1, 0.2, 0.2))),
             fpn=bool(values.get("fpn", False)),
+            expansions={str(k): int(v) for k, v in values.get("expansions", {}).items()},
         )
 
 
@@ -152,6 +155,10 @@ def build_detector(
     image = keras.Input((height, width, 3), name="image")
     scaled = layers.Rescaling(1 / 127.5, offset=-1.0, name="to_unit_range")(image)
     backbone = _backbone(config, weights, (height, width, 3))
+    if config.expansions:
+        from detection.prune import narrow_backbone
+
+        backbone = narrow_backbone(backbone, config.expansions)
     for layer in backbone.layers:
         if isinstance(layer, layers.BatchNormalization):
             layer.momentum = BN_MOMENTUM

@@ -72,6 +72,63 @@ def test_whole_frame_detector_has_an_output_per_anchor() -> None:
         build_detector(DetectorConfig(anchors=AnchorSpec(input_size=64, strides=(2, 4, 8, 16))))
 
 
+def test_pruning_keeps_the_most_important_expansions_and_rebuilds_from_its_config() -> None:
+    """`train --detector --from M --keep-expansions F`: keeping every channel changes nothing; keeping
+    half narrows the blocks at the chosen strides only, the dropped channels' mean is folded into the
+    projection's normalization (its output mean on the ranking images is unchanged), and the config
+    alone rebuilds the same network (whole-frame export, a later --from)."""
+    import keras
+
+    from detection.model import DetectorConfig, build_detector
+    from detection.prune import block_strides, expansion_statistics, expansion_widths, prune_detector
+
+    spec = AnchorSpec(input_size=64, strides=(8, 16, 32, 64), sizes=[[8], [16], [32], [48]])
+    config = DetectorConfig(backbone="mobilenet_v3_small", alpha=0.75, head_channels=16, anchors=spec)
+    model = build_detector(config)
+    rng = np.random.default_rng(5)
+    for variable in model.weights:  # a "trained" network: random weights, positive variances
+        shape = tuple(variable.shape)
+        random = rng.uniform(0.5, 2.0, shape) if "variance" in variable.path else rng.normal(0, 0.2, shape)
+        variable.assign(random.astype(np.float32))
+    images = rng.uniform(0, 255, (8, 64, 64, 3)).astype(np.float32)
+
+    same, same_config = prune_detector(model, config, images, 1.0)
+    np.testing.assert_array_equal(same(images)["scores"], model(images)["scores"])
+    assert same_config.expansions == expansion_widths(model.get_layer("backbone"))
+
+    pruned, pruned_config = prune_detector(model, config, images, 0.5, min_stride=16)
+    backbone, narrow = model.get_layer("backbone"), pruned.get_layer("backbone")
+    strides, widths = block_strides(backbone), expansion_widths(backbone)
+    for block, width in expansion_widths(narrow).items():
+        expected = widths[block] if strides[block] < 16 else max(8, round(widths[block] / 16) * 8)
+        assert width == expected, block
+    assert pruned.count_params() < model.count_params()
+    # The kept channels are the most important ones, in their original order.
+    statistics = expansion_statistics(backbone, images / 127.5 - 1.0)
+    block = max((b for b in strides if strides[b] >= 16), key=lambda b: widths[b])
+    importance = statistics[block]["importance"]
+    old_kernel = np.asarray(backbone.get_layer(f"{block}_expand").kernel)
+    new_kernel = np.asarray(narrow.get_layer(f"{block}_expand").kernel)
+    kept = [
+        int(np.flatnonzero((old_kernel == new_kernel[..., [k]]).all(axis=(0, 1, 2)))[0])
+        for k in range(new_kernel.shape[-1])
+    ]
+    assert kept == sorted(kept)
+    assert importance[kept].min() >= np.delete(importance, kept).max()
+
+    def project_means(detector):
+        inner = detector.get_layer("backbone")
+        probe = keras.Model(inner.input, inner.get_layer(f"{block}_project_bn").output)
+        return np.asarray(probe(images / 127.5 - 1.0)).mean(axis=(0, 1, 2))
+
+    np.testing.assert_allclose(project_means(pruned), project_means(model), atol=1e-3)
+
+    rebuilt_config = DetectorConfig.from_dict(json.loads(json.dumps(pruned_config.to_dict())))
+    rebuilt = build_detector(rebuilt_config)
+    rebuilt.set_weights(pruned.get_weights())
+    np.testing.assert_allclose(rebuilt(images)["scores"], pruned(images)["scores"], atol=1e-5)
+
+
 def test_a_stride_4_level_starts_from_a_trained_detector() -> None:
     """`train --detector --from M --strides 4,8,16,32,64`: the backbone and the heads of the strides M
     has keep M's weights, so those anchors' outputs are M's until training moves them."""
