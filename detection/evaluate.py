@@ -51,6 +51,18 @@ def open_detector(model_path: Path, workdir: Path, verify: bool = True):
 
 def coco_evaluation(detector, pairs: Sequence, labels: Sequence[str]) -> tuple[dict, list]:
     """COCO metrics over (image, annotation) pairs and the per-image detections."""
+    per_image = []
+    for image_path, _ in pairs:
+        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise GalaxyEdgeError(f"{image_path}: cannot read the image")
+        per_image.append(detect_frame(detector, image))
+    return coco_metrics(pairs, per_image, labels), per_image
+
+
+def coco_metrics(pairs: Sequence, per_image: Sequence, labels: Sequence[str]) -> dict:
+    """COCO metrics of per-image detections (edge Detections, in the pairs' order) against the pairs'
+    annotations: so any subset of frames can be scored without detecting again."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -58,13 +70,8 @@ def coco_evaluation(detector, pairs: Sequence, labels: Sequence[str]) -> tuple[d
 
     annotations = [ann for _, ann in pairs]
     dataset = to_coco(annotations, list(labels))
-    results, per_image = [], []
-    for image_id, (image_path, _) in enumerate(pairs, start=1):
-        image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise GalaxyEdgeError(f"{image_path}: cannot read the image")
-        found = detect_frame(detector, image)
-        per_image.append(found)
+    results = []
+    for image_id, found in enumerate(per_image, start=1):
         for box, score, class_id in zip(found.boxes, found.scores, found.class_ids, strict=True):
             x1, y1, x2, y2 = (float(v) for v in box)
             results.append(
@@ -83,7 +90,7 @@ def coco_evaluation(detector, pairs: Sequence, labels: Sequence[str]) -> tuple[d
         found_coco = truth.loadRes(results) if results else None
         if found_coco is None:
             empty = {k: 0.0 for k in ("map", "map50", "map75", "ar1", "ar10", "ar100")}
-            return {**empty, "pr_curve_iou50": [0.0] * 101}, per_image
+            return {**empty, "pr_curve_iou50": [0.0] * 101}
         evaluation = COCOeval(truth, found_coco, "bbox")
         evaluation.params.maxDets = [1, 10, 100]
         evaluation.evaluate()
@@ -115,7 +122,7 @@ def coco_evaluation(detector, pairs: Sequence, labels: Sequence[str]) -> tuple[d
     metrics["best_f1_threshold"] = float(evaluation.eval["scores"][0, best, 0, 0, 2])
     metrics["best_f1_recall"] = float(recall[best])
     metrics["best_f1_precision"] = float(precision[best])
-    return metrics, per_image
+    return metrics
 
 
 def save_pr_curve(precision: Sequence[float], path: Path, title: str) -> Path | None:
