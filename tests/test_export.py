@@ -122,6 +122,17 @@ def test_ship_merges_evaluation_figures_into_the_card(tmp_path: Path) -> None:
     held_out = json.loads(merge_evaluation(card, evaluation).read_text())["metrics"]["simulated_held_out"]
     assert held_out["map50"] == 0.6 and "pr_curve_iou50" not in held_out
     assert held_out["recall_by_size"][0]["count"] == 3 and held_out["recall_threshold"] == 0.35
+    # A second, larger evaluation goes beside the held-out figures, not over them.
+    evaluation.write_text(
+        json.dumps({"model": "d.tflite", "data": {"source": "f", "frames": 1000}, "coco": {"map50": 0.58}})
+    )
+    metrics = json.loads(merge_evaluation(card, evaluation, key="simulated_fresh_frames").read_text())[
+        "metrics"
+    ]
+    assert (
+        metrics["simulated_held_out"]["map50"] == 0.6 and metrics["simulated_fresh_frames"]["map50"] == 0.58
+    )
+    assert metrics["simulated_fresh_frames"]["frames"] == 1000
 
 
 def test_resolution_floor_goes_from_a_frames_evaluation_into_the_card(tmp_path: Path) -> None:

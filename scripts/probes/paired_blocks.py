@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from annotations.dataset import usable_pairs
-from detection.evaluate import coco_evaluation, coco_metrics, open_detector
+from detection.evaluate import coco_evaluation, coco_metrics, map_threshold, open_detector
 
 
 def main() -> None:
@@ -28,6 +28,8 @@ def main() -> None:
     pairs = usable_pairs(args.frames)
     with tempfile.TemporaryDirectory() as workdir:
         detectors = [open_detector(path, Path(workdir)) for path in (args.first, args.second)]
+        for detector in detectors:  # every candidate, as `evaluate --detector` scores mAP
+            detector.score_threshold = map_threshold(detector)
         found = [coco_evaluation(detector, pairs, ["galaxy"])[1] for detector in detectors]
     rows = []
     spans = [("all", 0, len(pairs))] + [
