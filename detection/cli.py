@@ -169,6 +169,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise GalaxyEdgeError(f"--time-budget {args.time_budget}: give a positive number of seconds")
     if args.keep_expansions is not None and not args.initial:
         raise GalaxyEdgeError("--keep-expansions prunes a trained model: give it with --from MODEL.keras")
+    if args.keep_expansions is not None and not 0.0 < args.keep_expansions <= 1.0:
+        raise GalaxyEdgeError(f"--keep-expansions {args.keep_expansions}: give a fraction in (0, 1]")
     if args.workers < 0:
         raise GalaxyEdgeError(f"--workers {args.workers}: give 0 (none) or more")
     labels = [name.strip() for name in args.labels.split(",") if name.strip()]
@@ -241,10 +243,7 @@ def _pruned(source, source_config, frames, keep_fraction: float, min_stride: int
     """`source` with fewer expansion channels (detection.prune), ranked on 64 training crops drawn
     from a fixed seed, so a resumed run prunes the same channels."""
     from detection.prune import prune_detector, sample_tiles
-    from galaxy_edge.errors import GalaxyEdgeError
 
-    if not 0.0 < keep_fraction <= 1.0:
-        raise GalaxyEdgeError(f"--keep-expansions {keep_fraction}: give a fraction in (0, 1]")
     tiles = sample_tiles(frames, source_config.input_size)
     model, config = prune_detector(source, source_config, tiles, keep_fraction, min_stride)
     before, after = source.count_params(), model.count_params()

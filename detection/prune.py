@@ -89,11 +89,7 @@ def sample_tiles(frames, size: int, count: int = 64, seed: int = 0) -> np.ndarra
 
 
 def _project_layers(backbone) -> dict[str, object]:
-    return {
-        block: backbone.get_layer(f"{block}_project")
-        for block in expansion_widths(backbone)
-        if any(layer.name == f"{block}_project" for layer in backbone.layers)
-    }
+    return {block: backbone.get_layer(f"{block}_project") for block in expansion_widths(backbone)}
 
 
 def expansion_statistics(backbone, images: np.ndarray, batch_size: int = 16) -> dict[str, dict]:
