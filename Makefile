@@ -25,6 +25,8 @@ venv-edge: $(EDGE_STAMP)
 venv: $(ALL_STAMP)
 
 DETECTOR := models/galaxy_detector_int8.tflite
+# Two processes: the Pi emulation (one core) overlaps with TensorFlow training (see tests/conftest.py).
+TEST_WORKERS ?= 2
 
 demo: $(EDGE_STAMP)
 	@if [ ! -f $(DETECTOR) ]; then \
@@ -49,7 +51,7 @@ lint: $(ALL_STAMP)
 
 test: $(ALL_STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

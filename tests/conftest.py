@@ -12,6 +12,28 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# `make test` runs the suite in two processes (pytest-xdist, --dist loadgroup). Tests of one of these
+# modules stay in one process: they share a module fixture that is costly to build twice, or (the Pi
+# userland and the browser test) may install system packages with apt-get, which one process at a
+# time may do.
+XDIST_GROUPS = {
+    "test_pi_userland": "apt",
+    "test_serve_browser": "apt",
+    "test_tflite_runtime_214": "tflite_runtime_214",
+    "test_export": "export",
+    "test_serve": "serve",
+    "test_verifier": "verifier",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = XDIST_GROUPS.get(item.module.__name__.rsplit(".", 1)[-1]) if item.module else None
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 # labelImg 1.8 output for one image, byte for byte (tabs, no XML declaration).
 LABELIMG_XML = b"""<annotation verified="yes">
 \t<folder>frames</folder>
