@@ -139,13 +139,12 @@ def run_export(args: argparse.Namespace) -> int:
 def run_export_detector(args: argparse.Namespace) -> int:
     import tempfile
 
-    from annotations.dataset import usable_pairs
-    from detection.evaluate import MAP_SCORE_THRESHOLD, coco_evaluation
-    from edge.models import Detector
     from export.detector import (
+        detector_parity,
         detector_summary,
         export_detector,
         export_postprocess_variant,
+        parity_metrics,
         write_detector_card,
     )
     from export.reports import edgetpu_readiness, write_report
@@ -171,9 +170,6 @@ def run_export_detector(args: argparse.Namespace) -> int:
             args.score_threshold,
             frame_size,
         )
-    pairs = usable_pairs(args.data)[: args.parity_count]
-    labels = summary["config"]["labels"]
-    parity = {"frames": len(pairs)}
     with tempfile.TemporaryDirectory() as workdir:
         compared = {args.to: args.out}
         if args.to != "float32":
@@ -184,18 +180,10 @@ def run_export_detector(args: argparse.Namespace) -> int:
                 "float32",
                 frame_size=frame_size,
             )
-        for name, path in compared.items():
-            detector = Detector(path)
-            detector.score_threshold = MAP_SCORE_THRESHOLD
-            metrics, _ = coco_evaluation(detector, pairs, labels)
-            parity[name] = {k: metrics[k] for k in ("map50", "map", "ar10", "ar100")}
+        parity = detector_parity(compared, args.data, args.parity_count, summary["config"]["labels"])
     # The custom post-processing op runs on the CPU: such a model is not for the Edge TPU whole.
     readiness = edgetpu_readiness(args.out) if args.to == "int8" and not args.postprocess else None
-    metrics = {
-        "evaluated_on": str(args.data),
-        "evaluated_frames": len(pairs),
-        **{f"{name}_{k}": v for name in compared for k, v in parity[name].items()},
-    }
+    metrics = parity_metrics(parity, args.data)
     card = args.out.with_suffix(".json")
     if args.postprocess:  # keep the post-processing card, add the metrics
         values = json.loads(card.read_text())
@@ -220,7 +208,7 @@ def run_export_detector(args: argparse.Namespace) -> int:
             f"{name}: mAP@0.5 {parity[name]['map50']:.4f}, mAP@0.5:0.95 {parity[name]['map']:.4f}"
             for name in compared
         )
-        + f" on {len(pairs)} frames"
+        + f" on {parity['frames']} frames"
     )
     _print_readiness(readiness, report_json, report_md)
     return 0

@@ -79,6 +79,34 @@ def _output_order(model_path: Path, classes: int) -> dict[str, int]:
     return {"boxes": 0, "scores": 1}
 
 
+def detector_parity(models: dict[str, Path], data: Path, count: int | None, labels: list[str]) -> dict:
+    """mAP and AR of each named detector file (say float32 and int8) on the first `count` frames of
+    a labelled folder, through the edge runtime as its card decodes it, without the card's verifier:
+    the export report's figures and the card's top-level metrics."""
+    from annotations.dataset import usable_pairs
+    from detection.evaluate import MAP_SCORE_THRESHOLD, coco_evaluation
+    from edge.models import Detector
+
+    pairs = usable_pairs(data)[:count]
+    parity: dict = {"frames": len(pairs)}
+    for name, path in models.items():
+        detector = Detector(path, verify=False)
+        detector.score_threshold = MAP_SCORE_THRESHOLD
+        metrics, _ = coco_evaluation(detector, pairs, labels)
+        parity[name] = {k: metrics[k] for k in ("map50", "map", "ar10", "ar100")}
+    return parity
+
+
+def parity_metrics(parity: dict, data: Path) -> dict:
+    """The card's top-level metrics from detector_parity's figures."""
+    names = [k for k in parity if k != "frames"]
+    return {
+        "evaluated_on": str(data),
+        "evaluated_frames": parity["frames"],
+        **{f"{name}_{k}": v for name in names for k, v in parity[name].items()},
+    }
+
+
 def write_detector_card(
     model_path: Path,
     summary: dict,

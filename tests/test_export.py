@@ -156,3 +156,60 @@ def test_resolution_floor_goes_from_a_frames_evaluation_into_the_card(tmp_path: 
     evaluation.write_text(json.dumps({"data": {}}))
     with pytest.raises(SystemExit, match="no frame galaxies"):
         set_resolution_floor(card, evaluation)
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models"
+
+
+@pytest.mark.skipif(not (SHIPPED / "galaxy_detector_int8.tflite").is_file(), reason="no shipped detector")
+def test_parity_is_measured_again_under_a_changed_card(tmp_path: Path, run_cli) -> None:
+    """After a card's decoding changes, export.parity rewrites the cards' top-level figures and the
+    export report with the figures the runtime now gives, and keeps the rest of each card."""
+    import shutil
+
+    from detection.evaluate import MAP_SCORE_THRESHOLD, coco_evaluation
+    from edge.models import Detector
+    from export.parity import main as parity_main
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    for name in ("galaxy_detector_int8", "galaxy_detector_float32"):
+        for suffix in (".tflite", ".json"):
+            shutil.copy(SHIPPED / f"{name}{suffix}", tmp_path / f"{name}{suffix}")
+    int8, float32 = tmp_path / "galaxy_detector_int8.tflite", tmp_path / "galaxy_detector_float32.tflite"
+    frames = tmp_path / "frames"
+    code, _, err = run_cli(
+        "simulate", "frames", "--n", "2", "--size", "640x360", "--seed", "77", "--out", frames
+    )
+    assert code == 0, err
+    for path in (int8, float32):  # a decoding the figures were not measured with
+        card = json.loads(path.with_suffix(".json").read_text())
+        card["decoding"]["iou_threshold"] = 0.2
+        path.with_suffix(".json").write_text(json.dumps(card))
+
+    assert parity_main([str(int8), "--float32", str(float32), "--data", str(frames)]) == 0
+
+    from annotations.dataset import usable_pairs
+
+    pairs = usable_pairs(frames)
+    expected = {}
+    for name, path in (("int8", int8), ("float32", float32)):
+        detector = Detector(path, verify=False)
+        assert detector.iou_threshold == 0.2
+        detector.score_threshold = MAP_SCORE_THRESHOLD
+        expected[name] = coco_evaluation(detector, pairs, ["galaxy"])[0]
+    int8_card = json.loads(int8.with_suffix(".json").read_text())
+    float32_card = json.loads(float32.with_suffix(".json").read_text())
+    for name, card in (("int8", int8_card), ("float32", float32_card)):
+        assert card["metrics"][f"{name}_map50"] == pytest.approx(expected[name]["map50"])
+        assert card["metrics"]["evaluated_on"] == str(frames) and card["metrics"]["evaluated_frames"] == 2
+    assert int8_card["metrics"]["float32_map"] == pytest.approx(expected["float32"]["map"])
+    assert "int8_map50" not in float32_card["metrics"]
+    shipped = json.loads((SHIPPED / "galaxy_detector_int8.json").read_text())
+    assert int8_card["metrics"]["with_verifier"] == shipped["metrics"]["with_verifier"]  # kept
+    assert int8_card["verifier"] == shipped["verifier"]
+    report = (tmp_path / "galaxy_detector_int8_report.md").read_text()
+    assert f"| mAP@0.5 | {expected['float32']['map50']:.4f} | {expected['int8']['map50']:.4f} |" in report
+
+    float32.with_suffix(".json").unlink()
+    with pytest.raises(GalaxyEdgeError, match=r"galaxy_detector_float32\.json: no such file"):
+        parity_main([str(int8), "--float32", str(float32), "--data", str(frames)])
