@@ -151,7 +151,9 @@ def write_detector_card(
             "score_activation": "sigmoid",
             "score_threshold": score_threshold,
             "iou_threshold": 0.5,
-            "containment": 0.8,
+            # Off: a box nested in a better one is often a galaxy of its own in a larger galaxy's box
+            # (README, detector: containment); the runtime still honours a card that sets it.
+            "containment": None,
             "box_voting": True,
             "max_detections": 200,
             "outputs": order,
