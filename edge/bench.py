@@ -480,7 +480,9 @@ def markdown(result: dict) -> str:
         chain = result["arm_icount"].get("chain_1280x720", {})
         if chain:
             lines.append(
-                f"\nThe chain's frame: {chain['tiles']} detector tiles, "
+                f"\nThe chain's frame: {chain['tiles']} detector tiles"
+                + (" and the overview pass" if chain.get("detector_invokes", 0) > chain["tiles"] else "")
+                + ", "
                 f"{chain.get('galaxies', chain['crops'])} galaxies, {chain['crops']} of them classified "
                 "(the others under the classifier's resolution floor)."
             )
@@ -606,10 +608,10 @@ def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict)
     unverified = detect_only
     if "verifier" in models:
         unverified, _ = per_run(["chain-unverified", str(detector), "none", str(frame)], 1)
-    tiles, galaxies, crops = (
-        int(v) for v in re.findall(r"TILES (\d+) GALAXIES (\d+) CROPS (\d+)", printed)[-1]
+    tiles, invokes, galaxies, crops = (
+        int(v) for v in re.findall(r"TILES (\d+) INVOKES (\d+) GALAXIES (\d+) CROPS (\d+)", printed)[-1]
     )
-    detector_invokes = tiles * models["detector"]["instructions_per_invoke"]
+    detector_invokes = invokes * models["detector"]["instructions_per_invoke"]
     classifier_invokes = crops * models["classifier"]["instructions_per_invoke"]
     stages = {
         "detector_invokes": detector_invokes,
@@ -623,6 +625,7 @@ def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict)
         "instructions_per_frame": whole,
         "frame": str(frame),
         "tiles": tiles,
+        "detector_invokes": invokes,
         "galaxies": galaxies,
         "crops": crops,
         "stages": stages,

@@ -57,10 +57,12 @@ def _probe(argv: list[str]) -> None:
         result = chain.process(Frame(0, image, "icount", 0.0))
         for index in range(count):
             chain.process(Frame(index + 1, image, "icount", 0.0))
-        tiles = len(tile_layout(detector, image.shape)) if needs_tiling(detector, image.shape) else 1
+        tiled = needs_tiling(detector, image.shape)
+        tiles = len(tile_layout(detector, image.shape)) if tiled else 1
+        invokes = tiles + int(bool(tiled and detector.overview_min_side))  # the card's overview pass
         # What the frame cost is made of, for the caller's breakdown (stdout; the count is on stderr).
         classified = sum(t.classifications > 0 for t in result.tracks) if classifier else 0
-        print(f"TILES {tiles} GALAXIES {len(result.detections)} CROPS {classified}")
+        print(f"TILES {tiles} INVOKES {invokes} GALAXIES {len(result.detections)} CROPS {classified}")
 
 
 def count_instructions(arguments: list[str], pi_dir: Path = PI_DIR) -> tuple[int, str]:

@@ -15,6 +15,9 @@ runtime uses are:
         "score_activation": "sigmoid",
         "score_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 200,
         "containment": 0.8,                           # optional: drop boxes nested in a better one
+        "overview_min_side": 192,                     # optional: tiled frames also run whole (see
+                                                      # edge.tiling.detect_overview), keeping its
+                                                      # boxes of at least this many frame pixels
         "box_voting": true,                           # optional: kept boxes = score-weighted means
         "outputs": {"boxes": 0, "scores": 1}          # output tensor order
       },
@@ -63,6 +66,7 @@ class Decoding:
     outputs: dict[str, int] = field(default_factory=lambda: {"boxes": 0, "scores": 1})
     containment: float | None = None  # drop boxes nested this much in a better one (None: off)
     box_voting: bool = False  # each kept box becomes the score-weighted mean of its cluster
+    overview_min_side: float | None = None  # tiled frames: whole-frame boxes this large join (None: off)
 
 
 @dataclass
@@ -118,9 +122,13 @@ def read_model_card(model_path: Path | str) -> ModelCard:
                 outputs=dict(spec.get("outputs", {"boxes": 0, "scores": 1})),
                 containment=spec.get("containment"),
                 box_voting=bool(spec.get("box_voting", False)),
+                overview_min_side=spec.get("overview_min_side"),
             )
             if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
                 raise KeyError("decoding.anchors_center_yxhw")
+            overview = decoding.overview_min_side
+            if overview is not None and (isinstance(overview, bool) or float(overview) <= 0):
+                raise ValueError(f"decoding.overview_min_side must be a size in pixels, not {overview!r}")
         verification = None
         if task == "verifier":
             verification = dict(raw["verification"])

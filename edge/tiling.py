@@ -3,9 +3,10 @@ input, and merging the tiles' boxes into one set."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
-from edge.models import Detections, Detector, non_max_suppression
+from edge.models import Detections, Detector, non_max_suppression, resize_like_runtime
 from edge.tracking import intersection_over_smaller
 
 EDGE_MARGIN = 2.0  # pixels: a box this close to an inner tile border was cut by it
@@ -121,11 +122,42 @@ def detect_tile(
     return found, cut
 
 
+def detect_overview(detector: Detector, frame_bgr: np.ndarray) -> tuple[Detections, np.ndarray]:
+    """The whole frame shrunk into the input and padded with its median sky, one invoke: its boxes
+    of at least the card's `overview_min_side` frame pixels, as whole (uncut) boxes, so that the
+    merge drops the tiles' pieces they cover. A tile sees a galaxy larger than itself only in
+    pieces; this pass sees it whole (SAHI's "standard prediction" beside the slices)."""
+    height, width = frame_bgr.shape[:2]
+    scale = min(detector.width / width, detector.height / height)
+    small_w = min(detector.width, round(width * scale))
+    small_h = min(detector.height, round(height * scale))
+    # Shrink first, then pad: padding the frame and shrinking that cost about twice the invoke in
+    # arm64 instructions (a 1280x1280 fill and resize).
+    small = resize_like_runtime(frame_bgr, small_w, small_h, detector.exact_shrink)
+    left, top = (detector.width - small_w) // 2, (detector.height - small_h) // 2
+    sky = np.median(frame_bgr[::8, ::8].reshape(-1, frame_bgr.shape[2]), axis=0).astype(frame_bgr.dtype)
+    padded = cv2.copyMakeBorder(
+        small, top, detector.height - small_h - top, left, detector.width - small_w - left,
+        cv2.BORDER_CONSTANT, value=sky.tolist(),
+    )  # fmt: skip
+    found = detector.detect_image(padded)
+    found.boxes -= np.array([left, top, left, top], np.float32)
+    found.boxes /= scale
+    found.boxes[:, [0, 2]] = found.boxes[:, [0, 2]].clip(0, width)
+    found.boxes[:, [1, 3]] = found.boxes[:, [1, 3]].clip(0, height)
+    sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
+    large = found.select(np.flatnonzero(sides >= detector.overview_min_side))
+    return large, np.zeros(len(large), bool)
+
+
 def detect_tiled(detector: Detector, frame_bgr: np.ndarray, overlap: int | None = None) -> Detections:
-    """Detections over tiles of the detector's input size, at the frame's native scale."""
+    """Detections over tiles of the detector's input size, at the frame's native scale (and over the
+    whole frame, shrunk, when the card asks for an overview)."""
     parts = [
         detect_tile(detector, frame_bgr, tile) for tile in tile_layout(detector, frame_bgr.shape, overlap)
     ]
+    if detector.overview_min_side:
+        parts.append(detect_overview(detector, frame_bgr))
     return detector.finish(frame_bgr, merge_tiles(parts, detector.iou_threshold, detector.containment))
 
 
@@ -134,7 +166,10 @@ class RollingTiles:
     next `per_frame` tiles and reuses the others' latest results, so every frame costs about
     the same and the whole field is refreshed every ceil(tiles / per_frame) frames. For a
     telescope's field, which moves slowly if at all, that holds a camera's frame rate on a
-    small CPU where all tiles of every frame would not. The first frame runs all tiles."""
+    small CPU where all tiles of every frame would not. The first frame runs all tiles. The
+    card's overview pass, when it asks for one, takes its turn as one more tile."""
+
+    OVERVIEW = (-1, -1, -1, -1)  # the overview pass's place in the rotation
 
     def __init__(self, detector: Detector, per_frame: int) -> None:
         self.detector, self.per_frame = detector, max(1, per_frame)
@@ -147,6 +182,8 @@ class RollingTiles:
         if frame_bgr.shape != self.shape:
             self.shape = frame_bgr.shape
             self.tiles = tile_layout(self.detector, frame_bgr.shape)
+            if self.detector.overview_min_side:
+                self.tiles.append(self.OVERVIEW)
             self.latest = [self._detect_verified(frame_bgr, tile) for tile in self.tiles]
             self.cursor = 0
         else:
@@ -160,7 +197,10 @@ class RollingTiles:
     def _detect_verified(self, frame_bgr: np.ndarray, tile: tuple[int, int, int, int]):
         # Each tile's candidates are verified when the tile runs (patches from the whole frame), so
         # a frame costs only its refreshed tiles' verification too.
-        found, cut = detect_tile(self.detector, frame_bgr, tile)
+        if tile == self.OVERVIEW:
+            found, cut = detect_overview(self.detector, frame_bgr)
+        else:
+            found, cut = detect_tile(self.detector, frame_bgr, tile)
         return self.detector.rescore(frame_bgr, found), cut
 
     @property

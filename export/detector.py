@@ -154,6 +154,9 @@ def write_detector_card(
             # Off: a box nested in a better one is often a galaxy of its own in a larger galaxy's box
             # (README, detector: containment); the runtime still honours a card that sets it.
             "containment": None,
+            # Tiled frames also run whole, shrunk, for galaxies larger than a tile (README, detector:
+            # overview pass); its boxes of at least this many frame pixels join the tiles'.
+            "overview_min_side": 256,
             "box_voting": True,
             "max_detections": 200,
             "outputs": order,

@@ -150,6 +150,12 @@ def test_missing_card_and_wrong_task_are_clear_errors(tiny_models, tmp_path: Pat
         GalaxyEdgeError, match=r"floored\.json: .*resolution_floor_px must be a size in pixels"
     ):
         Classifier(floored)
+    card = json.loads(tiny_models["detector"].with_suffix(".json").read_text())
+    card["decoding"]["overview_min_side"] = 0
+    shutil.copy(tiny_models["detector"], tmp_path / "overview.tflite")
+    (tmp_path / "overview.json").write_text(json.dumps(card))
+    with pytest.raises(GalaxyEdgeError, match=r"overview\.json: .*overview_min_side must be a size"):
+        Detector(tmp_path / "overview.tflite")
 
 
 def test_edgetpu_model_without_libedgetpu_says_so(tiny_models, tmp_path: Path) -> None:

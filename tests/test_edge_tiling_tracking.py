@@ -12,6 +12,7 @@ from edge.tiling import (
     FUSE_OVERLAP,
     RollingTiles,
     _fuse_overlapping,
+    detect_overview,
     detect_tiled,
     merge_tiles,
     needs_tiling,
@@ -154,6 +155,49 @@ def test_rolling_tiles_spread_the_work_and_catch_up_with_the_field(tiny_models) 
         assert len(invokes) == 2
     # After one refresh period the result is what full tiling of the new frame gives.
     np.testing.assert_allclose(np.sort(found.boxes, 0), np.sort(detect_tiled(detector, moved).boxes, 0))
+
+
+def test_the_overview_pass_sees_the_whole_frame_and_keeps_its_large_boxes(tiny_models) -> None:
+    """With the card's overview_min_side, a tiled frame also runs whole, shrunk into the input and
+    padded with its sky level: the boxes of at least that size come back in frame pixels as whole
+    boxes and cover the tiles' pieces of the same object in the merge; RollingTiles gives the pass a
+    turn of its own."""
+    detector = Detector(tiny_models["detector"])  # 64x64 input
+    frame = np.full((240, 320, 3), 30, np.uint8)
+    frame[:, 0] = 230  # marks the overview's input: its left column averages to 30 + 200 / 5 = 70
+    frame[100:108, 100:108] = 255
+    overviews = []
+    original = detector.detect_image
+
+    def detect_image(image: np.ndarray, offset=(0.0, 0.0)) -> Detections:
+        if not (image[0, 0, 0] == 30 and image[20, 0, 0] == 70):  # a tile
+            return original(image, offset)
+        overviews.append(image)
+        # 240 rows shrink to 48, padded by 8 above and below with the sky level
+        assert image.shape[:2] == (64, 64) and (image[:8] == 30).all() and (image[56:] == 30).all()
+        boxes = np.array([[4, 6, 66, 50], [20, 28, 22, 30]], np.float32)  # a large box, a small one
+        return Detections(boxes, np.array([0.8, 0.9], np.float32), np.zeros(2, np.int32))
+
+    detector.detect_image = detect_image
+    tiles = len(tile_layout(detector, frame.shape))
+    assert not detector.overview_min_side and len(detect_tiled(detector, frame)) == 1
+    assert not overviews  # off: tiles only
+    detector.overview_min_side = 100
+    large, cut = detect_overview(detector, frame)
+    assert large.boxes.tolist() == [[20, 0, 320, 210]] and not cut.any()  # frame pixels, clipped
+    piece = Detections(
+        np.array([[60, 20, 128, 64]], np.float32), np.array([0.9], np.float32), np.zeros(1, np.int32)
+    )
+    merged = merge_tiles([(piece, np.array([True])), (large, cut)], 0.5)
+    assert merged.boxes.tolist() == [[20, 0, 320, 210]]  # the piece lies inside the whole galaxy
+    found = detect_tiled(detector, frame)
+    assert len(overviews) == 2 and [20, 0, 320, 210] in found.boxes.tolist()
+    rolling = RollingTiles(detector, per_frame=1)
+    rolling.detect(frame)
+    assert len(overviews) == 3 and len(rolling.tiles) == tiles + 1 and rolling.refresh_frames == tiles + 1
+    for _ in range(tiles + 1):  # one refresh period: the overview once
+        rolling.detect(frame)
+    assert len(overviews) == 4
 
 
 def test_tracker_keeps_ids_and_votes_classes() -> None:

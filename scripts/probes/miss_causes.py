@@ -62,17 +62,23 @@ def cause_of(truth: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> str:
     return "nothing"
 
 
+def galaxy_truth(frames: Path) -> dict[str, list[dict]]:
+    """The simulation's truth.csv rows of the galaxies that are not `difficult`, by frame."""
+    rows = defaultdict(list)
+    with open(frames / "truth.csv", newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["kind"] == "galaxy" and row["difficult"] == "0":
+                rows[row["frame"]].append(row)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("frames", type=Path)
     parser.add_argument("--frames", dest="count", type=int, default=None, help="only the first N frames")
     args = parser.parse_args()
-    rows = defaultdict(list)
-    with open(args.frames / "truth.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["kind"] == "galaxy" and row["difficult"] == "0":
-                rows[row["frame"]].append(row)
+    rows = galaxy_truth(args.frames)
     names = sorted(rows)[: args.count]
     by_size, by_snr = defaultdict(Counter), defaultdict(Counter)
     brightness = defaultdict(list)

@@ -1,27 +1,27 @@
 """Ad hoc probe (README, detector section): which boxes the card's containment check removes, and
 whether they were galaxies. The detector runs with containment off (a copy of its card); each final
-box at score 0.25 or more that lies for `containment` of its area inside a higher-scoring box is
+box at score 0.25 or more that lies for `containment` of its area (the card's, or --containment when
+the card has none, as shipped since session 16) inside a higher-scoring box is
 one nested pair. A nested box is a galaxy when it matches a galaxy that is not `difficult` at IoU 0.5
 better than its container does. Printed per pair feature: the nested box's centre offset from the
 container's centre (in the container's half sides, the larger of x and y), their area ratio and
 their score ratio, as shares of galaxies and of the rest.
 
-  PYTHONPATH=. python scripts/probes/nested_boxes.py DETECTOR.tflite FRAMES [--frames N]
+  PYTHONPATH=. python scripts/probes/nested_boxes.py DETECTOR.tflite FRAMES [--frames N] [--containment 0.8]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 import json
 import shutil
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 
 import cv2
 import numpy as np
+from miss_causes import galaxy_truth  # this folder (sys.path[0] when run as a script)
 
 from detection.evaluate import map_threshold
 from edge.models import Detector
@@ -31,14 +31,15 @@ from edge.tracking import intersection_over_smaller, iou_matrix
 SCORE_FLOOR = 0.25
 
 
-def uncontained_copy(model: Path, workdir: Path) -> tuple[Path, float]:
-    """A copy of the detector (and its verifier) whose card has containment off, and its containment."""
+def uncontained_copy(model: Path, workdir: Path, default: float) -> tuple[Path, float]:
+    """A copy of the detector (and its verifier) whose card has containment off, and its containment
+    (`default` when it has none)."""
     for path in model.parent.glob("*"):
         if path.suffix in (".tflite", ".json") and not path.stem.endswith("_report"):
             shutil.copy(path, workdir / path.name)
     card_path = workdir / model.with_suffix(".json").name
     card = json.loads(card_path.read_text())
-    containment = card["decoding"]["containment"]
+    containment = card["decoding"].get("containment") or default
     card["decoding"]["containment"] = None
     card_path.write_text(json.dumps(card))
     return workdir / model.name, containment
@@ -49,16 +50,16 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("frames", type=Path)
     parser.add_argument("--frames", dest="count", type=int, default=None, help="only the first N frames")
+    parser.add_argument("--containment", type=float, default=0.8, help="when the card has none")
     args = parser.parse_args()
-    truths = defaultdict(list)
-    with open(args.frames / "truth.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["kind"] == "galaxy" and row["difficult"] == "0":
-                truths[row["frame"]].append([float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")])
+    truths = {
+        frame: [[float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")] for row in rows]
+        for frame, rows in galaxy_truth(args.frames).items()
+    }
     names = sorted(truths)[: args.count]
     pairs = []  # offset, area ratio, score ratio, nested score, is a galaxy
     with tempfile.TemporaryDirectory() as workdir:
-        copy, containment = uncontained_copy(args.model, Path(workdir))
+        copy, containment = uncontained_copy(args.model, Path(workdir), args.containment)
         detector = Detector(copy)
         detector.score_threshold = map_threshold(detector)
         for name in names:
