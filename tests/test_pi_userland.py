@@ -264,8 +264,10 @@ def _detections_matched(arm: list[dict], x86: list[dict]) -> tuple[int, int, flo
 # a kernel that rounds one step differently breaks the tie either way). XNNPACK: 196 of 199 crops agree,
 # the 3 others tie under XNNPACK; built-in kernels agree bit for bit.
 AGREEMENT_BOUNDS = {
-    # int8 detector (with box voting) and the verifier its card names (candidates under 32 pixels): 339 of
-    # 396 confident detections at IoU 0.9 with XNNPACK; 387 of 396 with built-in kernels (re-scoring
+    # int8 detector (with box voting) and the verifier its card names (candidates under 32 pixels), no
+    # containment check and the overview pass (session 17): 375 of 440 confident detections at IoU 0.9
+    # with XNNPACK; 427 of 439 with built-in kernels. With containment, no overview: 339 of 396 and 387
+    # of 396 (re-scoring
     # under 64 pixels: 318 of 374 and 365 of 374; the verifier trained on 1,200 frames:
     # 209 of 239 and 239 of 245; its sharper scores keep more faint sources, and more of them sit near
     # the threshold, where one kernel's rounding moves a score across it); without the verifier, 152
