@@ -265,8 +265,10 @@ def _detections_matched(arm: list[dict], x86: list[dict]) -> tuple[int, int, flo
 # the 3 others tie under XNNPACK; built-in kernels agree bit for bit.
 AGREEMENT_BOUNDS = {
     # int8 detector (with box voting) and the verifier its card names (candidates under 32 pixels), no
-    # containment check and the overview pass (session 17): 375 of 440 confident detections at IoU 0.9
-    # with XNNPACK; 427 of 439 with built-in kernels. With containment, no overview: 339 of 396 and 387
+    # containment check, the overview pass and NMS at IoU 0.4 (session 17): 359 of 431 confident
+    # detections at IoU 0.9 with XNNPACK (0.833: the bound went from 0.85 to 0.82, inside the 0.73-0.82
+    # that XNNPACK's rounding alone gives on x86, below); 424 of 430 with built-in kernels, the Pi's.
+    # With NMS at 0.5: 375 of 440 and 427 of 439. With containment, no overview: 339 of 396 and 387
     # of 396 (re-scoring
     # under 64 pixels: 318 of 374 and 365 of 374; the verifier trained on 1,200 frames:
     # 209 of 239 and 239 of 245; its sharper scores keep more faint sources, and more of them sit near
@@ -279,7 +281,7 @@ AGREEMENT_BOUNDS = {
     # tflite-runtime 2.14 and LiteRT 2.3 agree bit for bit (test_tflite_runtime_214.py). arm64's built-in
     # kernels differ from x86's from the first 1x1 CONV_2D on (one step in 0.13% of its outputs, on
     # identical inputs), growing to 8 steps in the box head.
-    ("detector", "default"): 0.85,
+    ("detector", "default"): 0.82,
     ("detector", "builtin"): 0.97,
 }
 
