@@ -15,7 +15,7 @@ runtime uses are:
         "score_activation": "sigmoid",
         "score_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 200,
         "containment": 0.8,                           # optional: drop boxes nested in a better one
-        "overview_min_side": 192,                     # optional: tiled frames also run whole (see
+        "overview_min_side": 256,                     # optional: tiled frames also run whole (see
                                                       # edge.tiling.detect_overview), keeping its
                                                       # boxes of at least this many frame pixels
         "box_voting": true,                           # optional: kept boxes = score-weighted means
