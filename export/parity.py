@@ -3,10 +3,13 @@ change to the card's decoding (say its containment check), the figures `galaxy-e
 wrote into the cards and the export report describe a decoding the runtime no longer uses.
 
     python -m export.parity models/galaxy_detector_int8.tflite \
-        --float32 models/galaxy_detector_float32.tflite --data data/det_test
+        --float32 models/galaxy_detector_float32.tflite --data data/det_test \
+        [--evaluation E/report.json ...] [--fresh-evaluation F/report.json]
 
 Both cards' top-level metrics and the int8 file's export report are rewritten; the rest of each card
-(evaluations merged by export.ship, the verifier) is kept.
+(evaluations merged by export.ship, the verifier) is kept. `--evaluation` and `--fresh-evaluation`
+merge `galaxy-edge evaluate --detector` reports of the int8 file into its card, as `make train` does
+through export.ship (no Keras checkpoint needed here).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from export.detector import detector_parity, parity_metrics
 from export.reports import write_report
+from export.ship import merge_evaluation
 from galaxy_edge.errors import GalaxyEdgeError
 
 
@@ -53,8 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--float32", type=Path, required=True, help="its float32 twin")
     parser.add_argument("--data", type=Path, required=True, help="labelled frames (the export's --data)")
     parser.add_argument("--count", type=int, default=None, help="only the first COUNT frames")
+    parser.add_argument(
+        "--evaluation", type=Path, action="append", default=[], help="evaluate reports, merged in order"
+    )
+    parser.add_argument("--fresh-evaluation", type=Path, help="an evaluate report on a large fresh set")
     args = parser.parse_args(argv)
+    reports = [*args.evaluation, *([args.fresh_evaluation] if args.fresh_evaluation else [])]
+    for report in reports:  # before measuring anything
+        if not report.is_file():
+            raise GalaxyEdgeError(f"{report}: no such evaluation report")
     parity = refresh_parity(args.int8, args.float32, args.data, args.count)
+    card = args.int8.with_suffix(".json")
+    for report in args.evaluation:
+        merge_evaluation(card, report)
+    if args.fresh_evaluation:
+        merge_evaluation(card, args.fresh_evaluation, key="simulated_fresh_frames")
     print(
         "; ".join(
             f"{k}: mAP@0.5 {parity[k]['map50']:.4f}, mAP@0.5:0.95 {parity[k]['map']:.4f}"

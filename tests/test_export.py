@@ -172,7 +172,7 @@ def test_parity_is_measured_again_under_a_changed_card(tmp_path: Path, run_cli) 
     from export.parity import main as parity_main
     from galaxy_edge.errors import GalaxyEdgeError
 
-    for name in ("galaxy_detector_int8", "galaxy_detector_float32"):
+    for name in ("galaxy_detector_int8", "galaxy_detector_float32", "galaxy_verifier_int8"):
         for suffix in (".tflite", ".json"):
             shutil.copy(SHIPPED / f"{name}{suffix}", tmp_path / f"{name}{suffix}")
     int8, float32 = tmp_path / "galaxy_detector_int8.tflite", tmp_path / "galaxy_detector_float32.tflite"
@@ -186,7 +186,16 @@ def test_parity_is_measured_again_under_a_changed_card(tmp_path: Path, run_cli) 
         card["decoding"]["iou_threshold"] = 0.2
         path.with_suffix(".json").write_text(json.dumps(card))
 
-    assert parity_main([str(int8), "--float32", str(float32), "--data", str(frames)]) == 0
+    code, _, err = run_cli("evaluate", "--detector", "--model", int8, "--data", frames, "--draw", "0",
+                           "--out", tmp_path / "eval")  # fmt: skip
+    assert code == 0, err
+    report = tmp_path / "eval" / "report.json"
+    assert (
+        parity_main(
+            [str(int8), "--float32", str(float32), "--data", str(frames), "--fresh-evaluation", str(report)]
+        )
+        == 0
+    )
 
     from annotations.dataset import usable_pairs
 
@@ -205,11 +214,20 @@ def test_parity_is_measured_again_under_a_changed_card(tmp_path: Path, run_cli) 
     assert int8_card["metrics"]["float32_map"] == pytest.approx(expected["float32"]["map"])
     assert "int8_map50" not in float32_card["metrics"]
     shipped = json.loads((SHIPPED / "galaxy_detector_int8.json").read_text())
-    assert int8_card["metrics"]["with_verifier"] == shipped["metrics"]["with_verifier"]  # kept
+    kept, before = int8_card["metrics"]["with_verifier"], shipped["metrics"]["with_verifier"]
+    assert kept["simulated_held_out"] == before["simulated_held_out"]  # kept; only the fresh set merged
     assert int8_card["verifier"] == shipped["verifier"]
+    fresh = int8_card["metrics"]["with_verifier"]["simulated_fresh_frames"]  # the evaluate report merged
+    evaluated = json.loads(report.read_text())
+    assert fresh["frames"] == 2 and fresh["map50"] == pytest.approx(evaluated["coco"]["map50"])
     report = (tmp_path / "galaxy_detector_int8_report.md").read_text()
     assert f"| mAP@0.5 | {expected['float32']['map50']:.4f} | {expected['int8']['map50']:.4f} |" in report
 
+    missing = tmp_path / "nothing.json"
+    with pytest.raises(GalaxyEdgeError, match=r"nothing\.json: no such evaluation report"):
+        parity_main(
+            [str(int8), "--float32", str(float32), "--data", str(frames), "--evaluation", str(missing)]
+        )
     float32.with_suffix(".json").unlink()
     with pytest.raises(GalaxyEdgeError, match=r"galaxy_detector_float32\.json: no such file"):
         parity_main([str(int8), "--float32", str(float32), "--data", str(frames)])
