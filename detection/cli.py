@@ -31,6 +31,19 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone", choices=("mobilenet_v2", "mobilenet_v3_small"), default="mobilenet_v2")
     group.add_argument("--alpha", type=float, default=0.35, help="backbone width multiplier")
     group.add_argument(
+        "--stem",
+        choices=("backbone", "patchify"),
+        help="backbone: the backbone's own first layers (default for a new model); patchify: a cheaper "
+        "stem to stride 8 (about 30 %% fewer instructions per invoke for MobileNetV3Small); with --from, "
+        "the new stem is first fitted to the given model's features (--stem-steps batches)",
+    )
+    group.add_argument(
+        "--stem-steps",
+        type=int,
+        default=3000,
+        help="with --from and a new --stem: batches of 32 crops that fit it to the model's features",
+    )
+    group.add_argument(
         "--head-channels", type=int, default=96, help="channels of the separable box and class heads"
     )
     group.add_argument(
@@ -205,6 +218,8 @@ def run_train(args: argparse.Namespace) -> int:
             initial, config = _pruned(
                 initial, config, train_frames, args.keep_expansions, args.prune_min_stride
             )
+        if args.stem and args.stem != config.stem:
+            initial, config = _with_stem(initial, config, train_frames, args.stem, args.stem_steps, args.out)
     else:
         config = DetectorConfig(
             backbone=args.backbone,
@@ -213,6 +228,7 @@ def run_train(args: argparse.Namespace) -> int:
             labels=labels,
             anchors=anchors_for(train_frames, args.input_size, args.strides or DEFAULT_STRIDES),
             fpn=args.fpn,
+            stem=args.stem or "backbone",
         )
     if args.weights and not args.weights.is_file():
         raise GalaxyEdgeError(f"{args.weights}: no such weights file")
@@ -248,6 +264,26 @@ def _pruned(source, source_config, frames, keep_fraction: float, min_stride: int
     model, config = prune_detector(source, source_config, tiles, keep_fraction, min_stride)
     before, after = source.count_params(), model.count_params()
     print(f"pruned: {before:,} -> {after:,} parameters; expansions {config.expansions}", file=sys.stderr)
+    return model, config
+
+
+def _with_stem(source, source_config, train_frames, stem: str, steps: int, out: Path):
+    """`source` with the patchify stem fitted to its features (detection.stem). A resumed run
+    (OUT/backup present) skips the fit: its checkpoint holds the fitted and trained weights."""
+    import dataclasses
+
+    from detection.model import build_detector
+    from detection.stem import with_patchify_stem
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    if stem != "patchify":
+        raise GalaxyEdgeError(f"--stem {stem}: a model with the {source_config.stem} stem cannot go back")
+    if (out / "backup").exists():
+        config = dataclasses.replace(source_config, stem=stem)
+        print(f"stem {stem}: resuming, the fit is in {out / 'backup'}", file=sys.stderr)
+        return build_detector(config), config
+    model, config, error = with_patchify_stem(source, source_config, train_frames, steps)
+    print(f"stem {stem}: fitted, relative error {error:.4f} of the replaced layers' output", file=sys.stderr)
     return model, config
 
 

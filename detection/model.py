@@ -33,6 +33,9 @@ BACKBONE_FEATURES = {
         32: "expanded_conv_10_add",
     },
 }
+# A patchify stem (`DetectorConfig.stem`) replaces the backbone's layers up to this one, where
+# the network reaches stride 8; the rest of the backbone is kept (and its trained weights).
+PATCHIFY_CUT = {"mobilenet_v3_small": "expanded_conv_1_project_bn", "mobilenet_v2": "block_3_project_BN"}
 BN_MOMENTUM = 0.9  # applications use 0.999: far too slow to settle when training from scratch
 PRIOR_PROBABILITY = 0.01  # initial sigmoid score: focal-loss practice, keeps early training stable
 
@@ -48,6 +51,8 @@ class DetectorConfig:
     fpn: bool = False  # a top-down pathway: each level also sees the coarser levels' features
     # Expansion widths of pruned inverted-residual blocks, {block name: channels} (detection.prune).
     expansions: dict[str, int] = field(default_factory=dict)
+    # "backbone": the backbone's own stem; "patchify": a cheaper stem reaching stride 8 (_patchify_stem).
+    stem: str = "backbone"
 
     @property
     def input_size(self) -> int:
@@ -70,6 +75,7 @@ class DetectorConfig:
             box_variance=tuple(values.get("box_variance", (0.1, 0.1, 0.2, 0.2))),
             fpn=bool(values.get("fpn", False)),
             expansions={str(k): int(v) for k, v in values.get("expansions", {}).items()},
+            stem=str(values.get("stem", "backbone")),
         )
 
 
@@ -96,6 +102,31 @@ def _backbone(config: DetectorConfig, weights: str | None, shape: tuple[int, int
                 layer.max_value = 6.0
         return backbone
     raise ValueError(f"unknown backbone {config.backbone!r}")
+
+
+def _patchify_stem(scaled, channels: int):
+    """A cheap way to stride 8, replacing MobileNet's stem and first blocks (on arm64 those cost 44 %
+    of the shipped detector's instructions at 22 % of its multiply-accumulates:
+    scripts/probes/stage_icount.py): a 4x4 stride-4 convolution on non-overlapping patches (as
+    ConvNeXt's and ViT's stems, one well-shaped matrix product instead of a 3-channel 3x3 conv at
+    half resolution), a depthwise stride-2 step, then an inverted residual's expand, depthwise and
+    linear projection to the cut's channels, so the kept blocks see a feature of the same shape."""
+    from keras import layers
+
+    x = layers.Conv2D(24, 4, strides=4, use_bias=False, name="stem_patch")(scaled)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_patch_bn")(x)
+    x = layers.ReLU(6.0, name="stem_patch_relu")(x)
+    x = layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False, name="stem_down_dw")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_down_dw_bn")(x)
+    x = layers.ReLU(6.0, name="stem_down_dw_relu")(x)
+    x = layers.Conv2D(3 * 24, 1, use_bias=False, name="stem_expand")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_expand_bn")(x)
+    x = layers.ReLU(6.0, name="stem_expand_relu")(x)
+    x = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="stem_dw")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_dw_bn")(x)
+    x = layers.ReLU(6.0, name="stem_dw_relu")(x)
+    x = layers.Conv2D(channels, 1, use_bias=False, name="stem_project")(x)
+    return layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_project_bn")(x)
 
 
 def _separable(x, channels: int, stride: int, name: str):
@@ -168,10 +199,17 @@ def build_detector(
         raise ValueError(
             f"strides {list(spec.strides)}: the backbone gives strides {sorted(taps)}, then extras"
         )
-    feature_model = keras.Model(
-        backbone.input, [backbone.get_layer(taps[stride]).output for stride in tapped], name="backbone"
-    )
-    features = feature_model(scaled)
+    tap_outputs = [backbone.get_layer(taps[stride]).output for stride in tapped]
+    if config.stem == "patchify":
+        if spec.strides[0] < 8:
+            raise ValueError(f"strides {list(spec.strides)}: the patchify stem starts at stride 8")
+        cut = backbone.get_layer(PATCHIFY_CUT[config.backbone]).output
+        feature_model = keras.Model(cut, tap_outputs, name="backbone")
+        features = feature_model(_patchify_stem(scaled, cut.shape[-1]))
+    elif config.stem == "backbone":
+        features = keras.Model(backbone.input, tap_outputs, name="backbone")(scaled)
+    else:
+        raise ValueError(f"unknown stem {config.stem!r}")
     features = list(features) if isinstance(features, list | tuple) else [features]
     # Extra levels beyond stride 32: SSDLite's 1x1 squeeze + depthwise stride-2 blocks.
     while len(features) < len(spec.strides):

@@ -207,6 +207,61 @@ def test_a_top_down_pathway_starts_as_the_model_it_is_added_to() -> None:
     np.testing.assert_allclose(moved[:, finest:], before["scores"][:, finest:], rtol=1e-5, atol=1e-5)
 
 
+def test_a_patchify_stem_keeps_the_later_layers_and_learns_what_it_replaces() -> None:
+    """`train --detector --from M --stem patchify`: every layer after the cut keeps M's weights (fed
+    M's own features at the cut, the new network's levels are M's), the new stem is fitted to M's
+    features there (its error falls well under a fresh stem's), and the config rebuilds it."""
+    import keras
+
+    from detection.model import PATCHIFY_CUT, DetectorConfig, build_detector
+    from detection.stem import with_patchify_stem
+
+    spec = AnchorSpec(input_size=64, strides=(8, 16, 32, 64), sizes=[[8], [16], [32], [48]])
+    source_config = DetectorConfig(backbone="mobilenet_v3_small", alpha=0.75, head_channels=16, anchors=spec)
+    source = build_detector(source_config)
+    rng = np.random.default_rng(6)
+    for variable in source.weights:  # a "trained" network: random weights, positive variances
+        shape = tuple(variable.shape)
+        random = rng.uniform(0.5, 2.0, shape) if "variance" in variable.path else rng.normal(0, 0.2, shape)
+        variable.assign(random.astype(np.float32))
+    # Smooth blobs on a noisy sky, so neighbouring pixels are related as in real frames.
+    frames = []
+    for index in range(4):
+        image = rng.normal(40, 8, (96, 96, 3))
+        for _ in range(6):
+            y, x = rng.uniform(8, 88, 2)
+            yy, xx = np.mgrid[:96, :96]
+            blob = np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * rng.uniform(1, 5) ** 2))
+            image += rng.uniform(60, 180) * blob[..., None]
+        empty = np.zeros((0, 4), np.float32)
+        frames.append(Frame(Path(f"{index}.jpg"), image.clip(0, 255).astype(np.uint8), empty,
+                            np.zeros(0, np.int32), np.zeros(0, bool)))  # fmt: skip
+
+    _, _, fresh_error = with_patchify_stem(source, source_config, frames, steps=1, pool=32)
+    model, config, error = with_patchify_stem(source, source_config, frames, steps=400, pool=256)
+    assert config.stem == "patchify" and source_config.stem == "backbone"
+    assert error < 0.5 * fresh_error, (error, fresh_error)
+
+    images = rng.uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    source_backbone = source.get_layer("backbone")
+    scaled = images / 127.5 - 1.0
+    cut = keras.Model(source_backbone.input, source_backbone.get_layer(PATCHIFY_CUT[config.backbone]).output)
+    kept_levels = model.get_layer("backbone")(cut(scaled))
+    for kept, original in zip(kept_levels, source_backbone(scaled), strict=True):
+        np.testing.assert_allclose(kept, original, rtol=1e-5, atol=1e-5)
+    assert (
+        model.get_layer("head0_boxes").get_weights()[0].tolist()
+        == source.get_layer("head0_boxes").get_weights()[0].tolist()
+    )
+
+    rebuilt = build_detector(DetectorConfig.from_dict(json.loads(json.dumps(config.to_dict()))))
+    rebuilt.set_weights(model.get_weights())
+    np.testing.assert_allclose(rebuilt(images)["scores"], model(images)["scores"], atol=1e-5)
+    with pytest.raises(ValueError, match="stride 8"):
+        finer = AnchorSpec(input_size=64, strides=(4, 8, 16, 32, 64), sizes=[[4], [8], [16], [32], [48]])
+        build_detector(dataclasses.replace(config, anchors=finer))
+
+
 def test_targets_encoded_by_keras_decode_in_the_edge_runtime() -> None:
     """The contract between training and the device: deltas from keras.utils.bounding_boxes
     decode back to the same box with the runtime's numpy decoder."""
