@@ -72,6 +72,22 @@ def test_whole_frame_detector_has_an_output_per_anchor() -> None:
         build_detector(DetectorConfig(anchors=AnchorSpec(input_size=64, strides=(2, 4, 8, 16))))
 
 
+def _trained_tiny_detector(seed: int):
+    """A tiny MobileNetV3Small detector (64-pixel input) that looks trained: random weights and
+    positive variances in its normalization. Returns (model, config, rng)."""
+    from detection.model import DetectorConfig, build_detector
+
+    spec = AnchorSpec(input_size=64, strides=(8, 16, 32, 64), sizes=[[8], [16], [32], [48]])
+    config = DetectorConfig(backbone="mobilenet_v3_small", alpha=0.75, head_channels=16, anchors=spec)
+    model = build_detector(config)
+    rng = np.random.default_rng(seed)
+    for variable in model.weights:
+        shape = tuple(variable.shape)
+        random = rng.uniform(0.5, 2.0, shape) if "variance" in variable.path else rng.normal(0, 0.2, shape)
+        variable.assign(random.astype(np.float32))
+    return model, config, rng
+
+
 def test_pruning_keeps_the_most_important_expansions_and_rebuilds_from_its_config() -> None:
     """`train --detector --from M --keep-expansions F`: keeping every channel changes nothing; keeping
     half narrows the blocks at the chosen strides only, the dropped channels' mean is folded into the
@@ -82,14 +98,7 @@ def test_pruning_keeps_the_most_important_expansions_and_rebuilds_from_its_confi
     from detection.model import DetectorConfig, build_detector
     from detection.prune import block_strides, expansion_statistics, expansion_widths, prune_detector
 
-    spec = AnchorSpec(input_size=64, strides=(8, 16, 32, 64), sizes=[[8], [16], [32], [48]])
-    config = DetectorConfig(backbone="mobilenet_v3_small", alpha=0.75, head_channels=16, anchors=spec)
-    model = build_detector(config)
-    rng = np.random.default_rng(5)
-    for variable in model.weights:  # a "trained" network: random weights, positive variances
-        shape = tuple(variable.shape)
-        random = rng.uniform(0.5, 2.0, shape) if "variance" in variable.path else rng.normal(0, 0.2, shape)
-        variable.assign(random.astype(np.float32))
+    model, config, rng = _trained_tiny_detector(5)
     images = rng.uniform(0, 255, (8, 64, 64, 3)).astype(np.float32)
 
     same, same_config = prune_detector(model, config, images, 1.0)
@@ -216,14 +225,7 @@ def test_a_patchify_stem_keeps_the_later_layers_and_learns_what_it_replaces() ->
     from detection.model import PATCHIFY_CUT, DetectorConfig, build_detector
     from detection.stem import with_patchify_stem
 
-    spec = AnchorSpec(input_size=64, strides=(8, 16, 32, 64), sizes=[[8], [16], [32], [48]])
-    source_config = DetectorConfig(backbone="mobilenet_v3_small", alpha=0.75, head_channels=16, anchors=spec)
-    source = build_detector(source_config)
-    rng = np.random.default_rng(6)
-    for variable in source.weights:  # a "trained" network: random weights, positive variances
-        shape = tuple(variable.shape)
-        random = rng.uniform(0.5, 2.0, shape) if "variance" in variable.path else rng.normal(0, 0.2, shape)
-        variable.assign(random.astype(np.float32))
+    source, source_config, rng = _trained_tiny_detector(6)
     # Smooth blobs on a noisy sky, so neighbouring pixels are related as in real frames.
     frames = []
     for index in range(4):
