@@ -106,14 +106,16 @@ def _backbone(config: DetectorConfig, weights: str | None, shape: tuple[int, int
 
 def _patchify_stem(scaled, channels: int):
     """A cheap way to stride 8, replacing MobileNet's stem and first blocks (on arm64 those cost 44 %
-    of the shipped detector's instructions at 22 % of its multiply-accumulates:
+    of the shipped detector's instructions at 23 % of its multiply-accumulates:
     scripts/probes/stage_icount.py): a 4x4 stride-4 convolution on non-overlapping patches (as
     ConvNeXt's and ViT's stems, one well-shaped matrix product instead of a 3-channel 3x3 conv at
     half resolution), a depthwise stride-2 step, then an inverted residual's expand, depthwise and
-    linear projection to the cut's channels, so the kept blocks see a feature of the same shape."""
+    linear projection to the cut's channels, so the kept blocks see a feature of the same shape.
+    "same" padding keeps the grids at ceil(side / stride), as the anchors expect, for whole frames
+    whose sides are not multiples of 4 (on multiples it pads nothing)."""
     from keras import layers
 
-    x = layers.Conv2D(24, 4, strides=4, use_bias=False, name="stem_patch")(scaled)
+    x = layers.Conv2D(24, 4, strides=4, padding="same", use_bias=False, name="stem_patch")(scaled)
     x = layers.BatchNormalization(momentum=BN_MOMENTUM, name="stem_patch_bn")(x)
     x = layers.ReLU(6.0, name="stem_patch_relu")(x)
     x = layers.DepthwiseConv2D(3, strides=2, padding="same", use_bias=False, name="stem_down_dw")(x)

@@ -259,6 +259,9 @@ def test_a_patchify_stem_keeps_the_later_layers_and_learns_what_it_replaces() ->
     rebuilt = build_detector(DetectorConfig.from_dict(json.loads(json.dumps(config.to_dict()))))
     rebuilt.set_weights(model.get_weights())
     np.testing.assert_allclose(rebuilt(images)["scores"], model(images)["scores"], atol=1e-5)
+    # Whole frames whose sides are not multiples of 4 keep one output per anchor.
+    whole = build_detector(config, frame_size=(66, 90))
+    assert whole.output["scores"].shape[1] == len(anchors_center_yxhw(config.anchors, (66, 90)))
     with pytest.raises(ValueError, match="stride 8"):
         finer = AnchorSpec(input_size=64, strides=(4, 8, 16, 32, 64), sizes=[[4], [8], [16], [32], [48]])
         build_detector(dataclasses.replace(config, anchors=finer))
