@@ -249,7 +249,8 @@ class SampleStream:
         self.scale_range, self.augmentation = scale_range, augmentation
         self.size = encoder.spec.input_size
 
-    def sample(self, rng: np.random.Generator):
+    def crop(self, rng: np.random.Generator):
+        """One augmented training crop: (image, boxes, classes, ignore)."""
         frame = self.frames[rng.integers(len(self.frames))]
         height, width = frame.image.shape[:2]
         if max(height, width) <= 1.5 * self.size and rng.random() < 0.5:
@@ -264,6 +265,10 @@ class SampleStream:
         image, boxes, classes, ignore = crop_frame(frame, x0, y0, side, self.size)
         if self.augmentation:
             image, boxes = augment(image, boxes, rng)
+        return image, boxes, classes, ignore
+
+    def sample(self, rng: np.random.Generator):
+        image, boxes, classes, ignore = self.crop(rng)
         return image, self.encoder.encode(boxes, classes, ignore)
 
     def __iter__(self) -> Iterator:

@@ -17,25 +17,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from detection.data import Frame, augment, crop_frame
+from detection.data import Frame, SampleStream, TargetEncoder
 from detection.model import PATCHIFY_CUT, DetectorConfig, build_detector, transfer_weights
 
 STEM_LAYER_PREFIX = "stem_"
 
 
-def stem_tiles(frames: Sequence[Frame], size: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` training crops (uint8 RGB) as detection training draws them (scales 0.6-1.6, flips
-    and turns, photometric changes), without their boxes."""
-    tiles = []
-    for _ in range(count):
-        frame = frames[int(rng.integers(len(frames)))]
-        height, width = frame.image.shape[:2]
-        side = size / np.exp(rng.uniform(np.log(0.6), np.log(1.6)))
-        x0 = rng.uniform(min(0, width - side), max(0, width - side))
-        y0 = rng.uniform(min(0, height - side), max(0, height - side))
-        image, boxes, _, _ = crop_frame(frame, x0, y0, side, size)
-        tiles.append(augment(image, boxes, rng)[0])
-    return np.stack(tiles)
+def stem_tiles(stream: SampleStream, count: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` training crops (uint8 RGB) as detection training draws them, without their boxes."""
+    return np.stack([stream.crop(rng)[0] for _ in range(count)])
 
 
 def with_patchify_stem(
@@ -79,11 +69,10 @@ def with_patchify_stem(
     )
     started = time.time()
     rng = np.random.default_rng(seed)
-    tiles = np.concatenate(
-        [stem_tiles(frames, config.input_size, min(256, pool - start), rng) for start in range(0, pool, 256)]
-    )
+    stream = SampleStream(frames, TargetEncoder(config.anchors, len(config.labels), config.box_variance))
+    tiles = stem_tiles(stream, pool, rng)
     targets = teacher.predict(tiles, batch_size=batch_size, verbose=0).astype(np.float16)
-    held_back = stem_tiles(frames, config.input_size, 256, np.random.default_rng(seed + 1))
+    held_back = stem_tiles(stream, 256, np.random.default_rng(seed + 1))
     held_back_target = teacher.predict(held_back, batch_size=batch_size, verbose=0)
     variance = float(held_back_target.var())
     print(

@@ -5,7 +5,8 @@
 Each prefix (the input up to a backbone layer, then the whole network) is converted to int8
 as `galaxy-edge export` would (calibrated on native-scale tiles of FRAMES) and counted per invoke
 under the Pi userland (edge.icount); differences between successive prefixes are the stages'
-costs. TFLite has no per-op instruction counter, and x86 op profiles rank ops differently from
+costs, beside their multiply-accumulates (from the convolutions' shapes). TFLite has no per-op
+instruction counter, and x86 op profiles rank ops differently from
 arm64's kernels, so prefixes are the deterministic way to split the count.
 """
 
@@ -14,6 +15,25 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+
+def convolution_macs(model) -> int:
+    """Multiply-accumulates of a Keras model's convolutions, from their output shapes (nested models
+    included): what dominates a MobileNet's arithmetic."""
+    import keras
+
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += convolution_macs(layer)
+        elif isinstance(layer, keras.layers.DepthwiseConv2D):
+            height, width, channels = layer.output.shape[1:]
+            total += height * width * channels * layer.kernel_size[0] * layer.kernel_size[1]
+        elif isinstance(layer, keras.layers.Conv2D):
+            height, width, channels = layer.output.shape[1:]
+            inputs = layer.input.shape[-1]
+            total += height * width * channels * layer.kernel_size[0] * layer.kernel_size[1] * inputs
+    return total
 
 
 def main() -> None:
@@ -25,6 +45,7 @@ def main() -> None:
         "--layers", default="", help="backbone layers, comma-separated (default: the taps; none: whole)"
     )
     parser.add_argument("--calibration", type=int, default=64)
+    parser.add_argument("--macs-only", action="store_true", help="only the multiply-accumulates (no counts)")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
@@ -40,9 +61,9 @@ def main() -> None:
     backbone = model.get_layer("backbone")
     names = args.layers.split(",") if args.layers else list(BACKBONE_FEATURES[config.backbone].values())
     names = [] if args.layers == "none" else names
-    tiles = calibration_tiles(args.frames, config.input_size, args.calibration)
+    tiles = None if args.macs_only else calibration_tiles(args.frames, config.input_size, args.calibration)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows, previous = [], 0.0
+    rows, previous, previous_macs = [], 0.0, 0
     for name in [*names, "whole network"]:
         if name == "whole network":
             prefix = model
@@ -50,14 +71,21 @@ def main() -> None:
             inner = keras.Model(backbone.input, backbone.get_layer(name).output)
             image = keras.Input(model.input_shape[1:], name="image")
             prefix = keras.Model(image, inner(model.get_layer("to_unit_range")(image)))
-        path = args.out / f"{name.replace(' ', '_')}.tflite"
-        path.write_bytes(convert(prefix, "int8", tiles, count=len(tiles)))
-        instructions, _ = per_run(["model", str(path)], args.runs)
+        macs = convolution_macs(prefix)
+        instructions = 0.0
+        if not args.macs_only:
+            path = args.out / f"{name.replace(' ', '_')}.tflite"
+            path.write_bytes(convert(prefix, "int8", tiles, count=len(tiles)))
+            instructions, _ = per_run(["model", str(path)], args.runs)
         shape = "x".join(str(s) for s in prefix.output_shape[1:]) if name != "whole network" else "outputs"
-        stage = instructions - previous
-        rows.append({"prefix": name, "output": shape, "instructions": instructions, "stage": stage})
-        print(f"{name:32s} {shape:12s} {instructions / 1e6:8.1f} M  stage {stage / 1e6:7.1f} M")
-        previous = instructions
+        stage, stage_macs = instructions - previous, macs - previous_macs
+        row = {"prefix": name, "output": shape, "instructions": instructions, "stage": stage}
+        rows.append({**row, "stage_macs": stage_macs})
+        print(
+            f"{name:32s} {shape:12s} {instructions / 1e6:8.1f} M  stage {stage / 1e6:7.1f} M"
+            f"  stage MACs {stage_macs / 1e6:6.2f} M"
+        )
+        previous, previous_macs = instructions, macs
     (args.out / "stages.json").write_text(json.dumps(rows, indent=1))
 
 
