@@ -79,6 +79,18 @@ class DetectorConfig:
         )
 
 
+def downsampling_steps(config: DetectorConfig) -> list[tuple[int, int]]:
+    """(kernel, stride) of each step by which the network halves (or quarters) its grid, from the
+    input to its deepest level, for placing whole-frame anchors (detection.anchors). Every
+    backbone step and extra level is an odd kernel at stride 2, padded as 'same' (the Keras
+    applications' ZeroPadding2D(correct_pad) before a 'valid' convolution pads the same way), and
+    any odd kernel centres its cells alike at stride 2; the patchify stem starts with 4x4 at 4."""
+    halvings = max(config.anchors.strides).bit_length() - 1  # strides are powers of 2
+    if config.stem == "patchify":
+        return [(4, 4)] + [(3, 2)] * (halvings - 2)
+    return [(3, 2)] * halvings
+
+
 def _backbone(config: DetectorConfig, weights: str | None, shape: tuple[int, int, int]):
     import keras
 

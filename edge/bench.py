@@ -479,9 +479,14 @@ def markdown(result: dict) -> str:
                 lines.append(f"| {key}: {stage} | {value / 1e6:.1f} | | | |")
         chain = result["arm_icount"].get("chain_1280x720", {})
         if chain:
+            twin = chain.get("whole_frame_twin")
             lines.append(
-                f"\nThe chain's frame: {chain['tiles']} detector tiles"
-                + (" and the overview pass" if chain.get("detector_invokes", 0) > chain["tiles"] else "")
+                (
+                    f"\nThe chain's frame: one invoke of the detector's whole-frame twin ({twin})"
+                    if twin
+                    else f"\nThe chain's frame: {chain['tiles']} detector tiles"
+                    + (" and the overview pass" if chain.get("detector_invokes", 0) > chain["tiles"] else "")
+                )
                 + ", "
                 f"{chain.get('galaxies', chain['crops'])} galaxies, {chain['crops']} of them classified "
                 "(the others under the classifier's resolution floor)."
@@ -608,10 +613,14 @@ def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict)
     unverified = detect_only
     if "verifier" in models:
         unverified, _ = per_run(["chain-unverified", str(detector), "none", str(frame)], 1)
-    tiles, invokes, galaxies, crops = (
-        int(v) for v in re.findall(r"TILES (\d+) INVOKES (\d+) GALAXIES (\d+) CROPS (\d+)", printed)[-1]
+    tiles, invokes, galaxies, crops, twin = (
+        int(v)
+        for v in re.findall(r"TILES (\d+) INVOKES (\d+) GALAXIES (\d+) CROPS (\d+) TWIN (\d)", printed)[-1]
     )
-    detector_invokes = invokes * models["detector"]["instructions_per_invoke"]
+    # A frame of a whole-frame twin's size runs through the twin (one invoke) instead of the tiles.
+    height, width = cv2.imread(str(frame)).shape[:2]
+    network = f"detector_{width}x{height}" if twin else "detector"
+    detector_invokes = invokes * models[network]["instructions_per_invoke"]
     classifier_invokes = crops * models["classifier"]["instructions_per_invoke"]
     stages = {
         "detector_invokes": detector_invokes,
@@ -626,6 +635,7 @@ def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict)
         "frame": str(frame),
         "tiles": tiles,
         "detector_invokes": invokes,
+        "whole_frame_twin": network if twin else None,
         "galaxies": galaxies,
         "crops": crops,
         "stages": stages,
@@ -645,9 +655,12 @@ def arm_instruction_counts(
     from edge.icount import per_run
 
     items = {"detector": detector, "classifier": classifier}
-    companion = read_model_card(detector).raw.get("verifier")
-    if companion:
-        items["verifier"] = Path(detector).parent / companion
+    card = read_model_card(detector)
+    if card.raw.get("verifier"):
+        items["verifier"] = Path(detector).parent / card.raw["verifier"]
+    for name in card.raw.get("frame_models", []):  # whole-frame twins, per invoke
+        height, width = load_interpreter(Path(detector).parent / name).get_input_details()[0]["shape"][1:3]
+        items[f"detector_{width}x{height}"] = Path(detector).parent / name
     if yardsticks:
         ssd = ssd_yardstick()
         if ssd:
@@ -662,6 +675,7 @@ def arm_instruction_counts(
     progress("arm64 instructions: the chain on a 1280x720 frame, and without the classifier")
     counts["chain_1280x720"] = chain_breakdown(detector, classifier, frame, counts)
     reference = {"detector": SSD, "classifier": "coral_mobilenet_v2_1.0_224", "chain_1280x720": SSD}
+    reference.update({name: SSD for name in items if name.startswith("detector_")})
     for name, base in reference.items():
         if base in counts:
             counts[name]["ratio_to_yardstick"] = _icount_value(counts[name]) / _icount_value(counts[base])

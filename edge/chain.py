@@ -115,8 +115,11 @@ class Chain:
         )
 
     def detect(self, image: np.ndarray) -> Detections:
+        # Rolling tiles (a live view) spread the tiles over frames even where a whole-frame twin could
+        # run the frame in one invoke: a steady, smaller cost per frame is what they are asked for.
         tile = self.settings.tiling == "on" or (
-            self.settings.tiling == "auto" and needs_tiling(self.detector, image.shape)
+            self.settings.tiling == "auto"
+            and needs_tiling(self.detector, image.shape, twins=not self.rolling)
         )
         if not tile:
             return self.detector.detect(image)

@@ -88,7 +88,8 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "--tiles-per-frame",
         type=int,
         help="live views of big frames: run this many tiles per frame and reuse the others' latest "
-        "results (the whole field refreshes every few frames at a steady cost); default: all tiles",
+        "results (the whole field refreshes every few frames at a steady cost; a whole-frame twin in the "
+        "detector's card is then left out); default: all tiles, or the twin for frames of its size",
     )
     run.add_argument(
         "--score-threshold", type=_probability, help="detector threshold (default: the model card's)"

@@ -62,7 +62,9 @@ def _probe(argv: list[str]) -> None:
         invokes = tiles + int(bool(tiled and detector.overview_min_side))  # the card's overview pass
         # What the frame cost is made of, for the caller's breakdown (stdout; the count is on stderr).
         classified = sum(t.classifications > 0 for t in result.tracks) if classifier else 0
-        print(f"TILES {tiles} INVOKES {invokes} GALAXIES {len(result.detections)} CROPS {classified}")
+        twin = int(image.shape[:2] in detector.frame_models)  # one invoke of the whole-frame twin
+        galaxies = len(result.detections)
+        print(f"TILES {tiles} INVOKES {invokes} GALAXIES {galaxies} CROPS {classified} TWIN {twin}")
 
 
 def count_instructions(arguments: list[str], pi_dir: Path = PI_DIR) -> tuple[int, str]:

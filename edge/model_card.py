@@ -10,7 +10,10 @@ runtime uses are:
       "input": {"color_order": "RGB", "mean": [0, 0, 0], "std": [1, 1, 1], "resize": "stretch"},
       "decoding": {                                   # detectors only
         "type": "ssd" | "tflite_detection_postprocess",
-        "anchors_center_yxhw": [[cy, cx, h, w], ...], # normalised to the input, for "ssd"
+        "anchor_grid": {"height": 320, "width": 320, "levels": [   # "ssd": the anchors, level by
+          {"stride": 8, "rows": 40, "columns": 40,     # level, row by row, then kind (anchors_from_grid)
+           "first_centre_yx": [4.0, 4.0], "sizes_hw": [[h, w], ...]}, ...]},   # input pixels
+        (or "anchors_center_yxhw": [[cy, cx, h, w], ...], normalised to the input: older cards)
         "box_variance": [0.1, 0.1, 0.2, 0.2],
         "score_activation": "sigmoid",
         "score_threshold": 0.3, "iou_threshold": 0.5, "max_detections": 200,
@@ -22,6 +25,9 @@ runtime uses are:
         "outputs": {"boxes": 0, "scores": 1}          # output tensor order
       },
       "verifier": "galaxy_verifier_int8.tflite",      # detectors, optional: re-scores candidates
+      "frame_models": ["galaxy_detector_1280x720_int8.tflite"],  # detectors, optional: the same
+                                                      # network exported for whole frames of a size;
+                                                      # frames of that size run through it, one invoke
       "verification": {                               # verifiers only (edge.models.Verifier)
         "context": 1.5, "max_side": 32, "max_candidates": 512,
         "candidate_threshold": 0.05, "score_threshold": 0.35
@@ -52,6 +58,29 @@ VERIFICATION_KEYS = (
     "candidate_threshold",
     "score_threshold",
 )
+
+
+def anchors_from_grid(grid: dict) -> list[list[float]]:
+    """[cy, cx, h, w] per anchor, normalised to the input, from a card's compact anchor_grid: each
+    level's cells are `stride` pixels apart from the first cell's centre, and each cell has one
+    anchor per (h, w) of `sizes_hw` (pixels); level by level, row by row, column by column, then
+    kind: the order of the detector's outputs (detection.anchors writes the grid)."""
+    import numpy as np
+
+    height, width = float(grid["height"]), float(grid["width"])
+    levels = []
+    for level in grid["levels"]:
+        stride, sizes = float(level["stride"]), np.asarray(level["sizes_hw"], np.float64).reshape(-1, 2)
+        first_y, first_x = (float(v) for v in level["first_centre_yx"])
+        cy = (first_y + stride * np.arange(int(level["rows"]))) / height
+        cx = (first_x + stride * np.arange(int(level["columns"]))) / width
+        anchors = np.zeros((len(cy), len(cx), len(sizes), 4))
+        anchors[..., 0] = cy[:, None, None]
+        anchors[..., 1] = cx[None, :, None]
+        anchors[..., 2] = sizes[:, 0] / height
+        anchors[..., 3] = sizes[:, 1] / width
+        levels.append(anchors.reshape(-1, 4))
+    return np.concatenate(levels).tolist() if levels else []
 
 
 @dataclass
@@ -113,7 +142,11 @@ def read_model_card(model_path: Path | str) -> ModelCard:
             spec = raw["decoding"]
             decoding = Decoding(
                 type=spec.get("type", "ssd"),
-                anchors_center_yxhw=spec.get("anchors_center_yxhw", []),
+                anchors_center_yxhw=(
+                    anchors_from_grid(spec["anchor_grid"])
+                    if "anchor_grid" in spec
+                    else spec.get("anchors_center_yxhw", [])
+                ),
                 box_variance=tuple(spec.get("box_variance", (0.1, 0.1, 0.2, 0.2))),
                 score_activation=spec.get("score_activation", "sigmoid"),
                 score_threshold=float(spec.get("score_threshold", 0.3)),
@@ -125,7 +158,7 @@ def read_model_card(model_path: Path | str) -> ModelCard:
                 overview_min_side=spec.get("overview_min_side"),
             )
             if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
-                raise KeyError("decoding.anchors_center_yxhw")
+                raise KeyError("decoding.anchor_grid")
             overview = decoding.overview_min_side
             if overview is not None and (isinstance(overview, bool) or float(overview) <= 0):
                 raise ValueError(f"decoding.overview_min_side must be a size in pixels, not {overview!r}")

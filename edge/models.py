@@ -264,6 +264,7 @@ class Detector(TFLiteModel):
         runtime: str | None = None,
         kernels: str = "default",
         verify: bool = True,
+        twins: bool = True,
     ) -> None:
         super().__init__(path, threads, runtime, kernels)
         companion = self.card.raw.get("verifier")
@@ -271,6 +272,20 @@ class Detector(TFLiteModel):
             # The card names the verifier trained on this detector's candidates (beside it).
             self.verifier = Verifier(self.card.path.parent / companion, threads, runtime, kernels)
             self.score_threshold = self.verifier.score_threshold
+        # Whole-frame twins (export --frame-size WxH --detector THIS): the same network at a camera's frame
+        # size, which the card names beside it; a frame of that size runs through its twin in one invoke
+        # instead of tiles. Decoding, thresholds and the verifier stay this detector's.
+        self.frame_models: dict[tuple[int, int], Detector] = {}
+        for name in self.card.raw.get("frame_models", []) if twins else []:
+            twin_path = self.card.path.parent / name
+            if not twin_path.is_file():
+                raise ModelError(f"{self.card.path}: frame model {twin_path} not found")
+            twin = Detector(twin_path, threads, runtime, kernels, verify=False, twins=False)
+            if twin.decoding.type != "ssd" or twin.labels != self.labels:
+                raise ModelError(
+                    f"{twin_path}: a frame model must be an ssd detector with {self.path}'s labels"
+                )
+            self.frame_models[(twin.height, twin.width)] = twin
 
     @property
     def decode_threshold(self) -> float:
@@ -326,19 +341,22 @@ class Detector(TFLiteModel):
     def detect_image(self, image_bgr: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)) -> Detections:
         """Detections in one image (resized to the input), in that image's pixels plus offset."""
         height, width = image_bgr.shape[:2]
-        outputs = self.invoke(self.preprocess(image_bgr))
+        model = self.frame_models.get((height, width), self)
+        outputs = model.invoke(model.preprocess(image_bgr))
         if self.decoding.type == "tflite_detection_postprocess":
             detections = self._decode_postprocessed(outputs)
         else:
-            detections = self._decode_ssd(outputs)
+            detections = self._decode_ssd(outputs, model)
         if len(detections):
             detections.boxes *= np.array([width, height, width, height], np.float32)
             detections.boxes += np.array([offset[0], offset[1], offset[0], offset[1]], np.float32)
         return detections
 
-    def _decode_ssd(self, outputs: list[np.ndarray]) -> Detections:
-        deltas = outputs[self.decoding.outputs["boxes"]].reshape(-1, 4)
-        scores = outputs[self.decoding.outputs["scores"]].reshape(len(deltas), -1)
+    def _decode_ssd(self, outputs: list[np.ndarray], model: Detector) -> Detections:
+        """Boxes from `model`'s outputs and anchors (this detector or a frame model), with this
+        detector's thresholds."""
+        deltas = outputs[model.decoding.outputs["boxes"]].reshape(-1, 4)
+        scores = outputs[model.decoding.outputs["scores"]].reshape(len(deltas), -1)
         if self.decoding.score_activation == "sigmoid":
             candidates_scores = scores.max(axis=1)
             # Compare logits with the threshold's logit: the sigmoid is then computed only
@@ -352,8 +370,8 @@ class Detector(TFLiteModel):
             probabilities = probabilities_all[candidates]
         if len(candidates) == 0:
             return Detections.empty()
-        anchors = self.anchors[candidates]
-        variance = np.asarray(self.decoding.box_variance, np.float32)
+        anchors = model.anchors[candidates]
+        variance = np.asarray(model.decoding.box_variance, np.float32)
         d = deltas[candidates] * variance
         cy = d[:, 0] * anchors[:, 2] + anchors[:, 0]
         cx = d[:, 1] * anchors[:, 3] + anchors[:, 1]

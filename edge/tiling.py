@@ -209,10 +209,15 @@ class RollingTiles:
         return -(-len(self.tiles) // self.per_frame) if self.tiles else 1
 
 
-def needs_tiling(detector: Detector, frame_shape: tuple[int, ...], factor: float = 1.5) -> bool:
+def needs_tiling(
+    detector: Detector, frame_shape: tuple[int, ...], factor: float = 1.5, twins: bool = True
+) -> bool:
     """Tile when the frame is much larger than the detector input (a downscaled whole frame
-    would shrink small galaxies below what the detector can see)."""
+    would shrink small galaxies below what the detector can see) and no whole-frame twin of the
+    detector takes frames of its size (with `twins`)."""
     height, width = frame_shape[:2]
+    if twins and (height, width) in detector.frame_models:
+        return False
     return max(height / detector.height, width / detector.width) > factor
 
 

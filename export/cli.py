@@ -57,7 +57,8 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     export.add_argument(
         "--detector",
         type=Path,
-        help="verifier: the detector .tflite whose card is to name this verifier (same folder)",
+        help="verifier, or detector exported with --frame-size: the (tiled) detector .tflite whose card "
+        "is to name this one (same folder); its verifier then serves the whole-frame twin too",
     )
     export.add_argument(
         "--out", type=Path, required=True, help="the .tflite to write (card and report beside it)"
@@ -140,6 +141,7 @@ def run_export_detector(args: argparse.Namespace) -> int:
     import tempfile
 
     from export.detector import (
+        attach_frame_model,
         detector_parity,
         detector_summary,
         export_detector,
@@ -152,6 +154,8 @@ def run_export_detector(args: argparse.Namespace) -> int:
 
     summary = detector_summary(args.model)
     frame_size = args.frame_size[::-1] if args.frame_size else None  # (height, width)
+    if args.detector is not None and frame_size is None:
+        raise GalaxyEdgeError("--detector with a detector: only a whole-frame twin (--frame-size) attaches")
     if args.postprocess:
         if args.to != "int8":
             raise GalaxyEdgeError("--postprocess goes with --to int8")
@@ -203,6 +207,9 @@ def run_export_detector(args: argparse.Namespace) -> int:
         args.out.with_name(args.out.stem + "_report.json"),
     )
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB) and {card}")
+    if args.detector is not None:
+        width, height = args.frame_size
+        print(f"{attach_frame_model(args.detector, args.out)} names it for frames of {width}x{height}")
     print(
         "; ".join(
             f"{name}: mAP@0.5 {parity[name]['map50']:.4f}, mAP@0.5:0.95 {parity[name]['map']:.4f}"

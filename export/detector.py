@@ -84,8 +84,9 @@ def _output_order(model_path: Path, classes: int) -> dict[str, int]:
 
 def detector_parity(models: dict[str, Path], data: Path, count: int | None, labels: list[str]) -> dict:
     """mAP and AR of each named detector file (say float32 and int8) on the first `count` frames of
-    a labelled folder, through the edge runtime as its card decodes it, without the card's verifier:
-    the export report's figures and the card's top-level metrics."""
+    a labelled folder, through the edge runtime as its card decodes it, without the card's verifier
+    or whole-frame twins (the file's own network): the export report's figures and the card's
+    top-level metrics."""
     from annotations.dataset import usable_pairs
     from detection.evaluate import MAP_SCORE_THRESHOLD, coco_evaluation
     from edge.models import Detector
@@ -93,7 +94,7 @@ def detector_parity(models: dict[str, Path], data: Path, count: int | None, labe
     pairs = usable_pairs(data)[:count]
     parity: dict = {"frames": len(pairs)}
     for name, path in models.items():
-        detector = Detector(path, verify=False)
+        detector = Detector(path, verify=False, twins=False)
         detector.score_threshold = MAP_SCORE_THRESHOLD
         metrics, _ = coco_evaluation(detector, pairs, labels)
         parity[name] = {k: metrics[k] for k in ("map50", "map", "ar10", "ar100")}
@@ -118,11 +119,13 @@ def write_detector_card(
     extra: dict | None = None,
     frame_size: tuple[int, int] | None = None,
 ) -> Path:
-    from detection.anchors import AnchorSpec, anchors_center_yxhw
+    from detection.anchors import AnchorSpec, anchor_grid
+    from detection.model import DetectorConfig, downsampling_steps
     from export.card import save_card, tensor_facts
 
     config = summary["config"]
     spec = AnchorSpec.from_dict(config["anchors"])
+    steps = downsampling_steps(DetectorConfig.from_dict(config))
     size_text = f"input {spec.input_size}"
     note = "raw 0-255 pixels; big frames are tiled at native scale by the runtime"
     if frame_size is not None:
@@ -147,7 +150,7 @@ def write_detector_card(
         },
         "decoding": {
             "type": "ssd",
-            "anchors_center_yxhw": np.round(anchors_center_yxhw(spec, frame_size), 6).tolist(),
+            "anchor_grid": anchor_grid(spec, frame_size, steps),
             "anchor_spec": spec.to_dict(),
             "box_variance": list(config["box_variance"]),
             "deltas_order": ["dy", "dx", "dh", "dw"],
@@ -170,6 +173,43 @@ def write_detector_card(
         "metrics": metrics or {},
     }
     return save_card(model_path, card, extra)
+
+
+def attach_frame_model(detector: Path, frame_model: Path) -> Path:
+    """Name a whole-frame export (--frame-size) in the tiled detector's card, in place of one for the
+    same frame size, so that the runtime runs frames of that size through it (edge.models.Detector);
+    they must share a folder and a training summary. The twin's card gets the detector's verifier,
+    so that evaluated on its own it runs as the chain runs it."""
+    from edge.model_card import card_path
+    from export.card import tensor_facts
+
+    detector, frame_model = Path(detector), Path(frame_model)
+    if frame_model.resolve().parent != detector.resolve().parent:
+        raise GalaxyEdgeError(f"{frame_model}: a frame model must sit beside its detector {detector}")
+    cards = {}
+    for path in (detector, frame_model):
+        if not card_path(path).is_file():
+            raise GalaxyEdgeError(f"model card not found: {card_path(path)}")
+        cards[path] = json.loads(card_path(path).read_text())
+    base, twin = cards[detector], cards[frame_model]
+    if twin.get("training", {}).get("config") != base.get("training", {}).get("config"):
+        raise GalaxyEdgeError(f"{frame_model}: not the same network as {detector} (training configs differ)")
+
+    def input_size(path: Path) -> tuple[int, ...]:
+        return tuple(tensor_facts(path)["inputs"][0]["shape"][1:3])
+
+    shape = input_size(frame_model)
+    kept = []
+    for name in base.get("frame_models", []):
+        other = detector.parent / name
+        if name != frame_model.name and not (other.is_file() and input_size(other) == shape):
+            kept.append(name)
+    base["frame_models"] = [*kept, frame_model.name]
+    if base.get("verifier"):
+        twin["verifier"] = base["verifier"]
+    card_path(frame_model).write_text(json.dumps(twin, indent=1))
+    card_path(detector).write_text(json.dumps(base, indent=1))
+    return card_path(detector)
 
 
 def export_detector(

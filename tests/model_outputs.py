@@ -19,6 +19,16 @@ from edge.models import Classifier, Detector
 from edge.tiling import detect_frame
 
 
+def standalone_models(models: Path) -> list[Path]:
+    """The .tflite files in `models` that run on their own: not verifiers nor whole-frame twins, which
+    run inside the detection of the detector whose card names them."""
+    cards = {
+        path: json.loads(path.with_suffix(".json").read_text()) for path in sorted(models.glob("*.tflite"))
+    }
+    inside = {name for card in cards.values() for name in card.get("frame_models", [])}
+    return [path for path, card in cards.items() if card["task"] != "verifier" and path.name not in inside]
+
+
 def main(models: Path, samples: Path, kernels: str = "default") -> None:
     images = [cv2.imread(str(p)) for p in sorted(samples.glob("*.jpg"))]
     # Classifier inputs as the chain makes them: square crops centred on sources (the brightest
@@ -35,10 +45,8 @@ def main(models: Path, samples: Path, kernels: str = "default") -> None:
             if min(crop.shape[:2]) >= 16:
                 crops.append(crop)
     output: dict = {}
-    for path in sorted(models.glob("*.tflite")):
+    for path in standalone_models(models):
         card = json.loads(path.with_suffix(".json").read_text())
-        if card["task"] == "verifier":
-            continue  # it runs inside detect_frame of the detector whose card names it
         int8 = card.get("input", {}).get("dtype") == "int8"
         # Emulated float arithmetic is 200-400x slower than native: float models see a third of the
         # crops and the frames under 0.2 megapixel (the int8 models, which Pi users run, see them all).

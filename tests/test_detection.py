@@ -17,7 +17,7 @@ import pytest
 
 from annotations.records import Box, ImageAnnotation
 from annotations.voc import write_voc
-from detection.anchors import AnchorSpec, anchors_center_yxhw, spec_from_boxes
+from detection.anchors import AnchorSpec, anchors_center_yxhw, first_cell_centres, spec_from_boxes
 from detection.data import Frame, TargetEncoder, augment, crop_frame
 from galaxy_edge.errors import GalaxyEdgeError
 from tests.conftest import REPO
@@ -54,6 +54,57 @@ def test_whole_frame_anchors_keep_pixel_sizes_on_a_wider_grid() -> None:
     np.testing.assert_allclose(anchors[1], [8 / 48, 8 / 112, 16 / 48, 4 / 112])  # h/w = 4 in pixels
     np.testing.assert_allclose(anchors[2 * 7, :2], [24 / 48, 8 / 112])  # second row
     np.testing.assert_allclose(anchors[2 * 21 + 2 * 3], [16 / 48, 112 / 112, 32 / 48, 32 / 112])
+
+
+@pytest.mark.parametrize("side", [45, 66, 90, 96, 720])
+def test_first_cell_centres_follow_keras_padding(side: int) -> None:
+    """Each step reads its input at its kernel's centre; fed rows whose value is their own centre,
+    a chain of such steps outputs where its first cell sits, as Keras pads: 'same', and the Keras
+    applications' ZeroPadding2D(correct_pad) before a 'valid' stride-2 convolution."""
+    import keras
+    from keras.src.applications.imagenet_utils import correct_pad
+
+    steps = [(4, 4), (3, 2), (5, 2), (3, 2)]
+    image = keras.Input((side, 4, 1))
+    x, outputs = image, []
+    for i, (kernel, stride) in enumerate(steps):
+        taps = np.zeros((kernel, kernel, 1, 1), np.float32)
+        centre = slice((kernel - 1) // 2, kernel // 2 + 1)  # one tap, or the middle two of an even kernel
+        taps[centre, centre] = 1 / (2 - kernel % 2) ** 2
+        if kernel % 2 and i % 2:
+            x = keras.layers.ZeroPadding2D(correct_pad(x, kernel))(x)
+            padding = "valid"
+        else:
+            padding = "same"
+        layer = keras.layers.DepthwiseConv2D(kernel, stride, padding=padding, use_bias=False)
+        x = layer(x)
+        layer.set_weights([taps])
+        outputs.append(x)
+    rows = np.broadcast_to((np.arange(side) + 0.5)[None, :, None, None], (1, side, 4, 1))
+    measured = [float(out[0, 0, 0, 0]) for out in keras.Model(image, outputs)(rows.astype(np.float32))]
+    assert measured == pytest.approx(list(first_cell_centres(side, steps).values()))
+
+
+def test_whole_frame_anchors_move_with_the_cells_of_sides_not_multiples_of_the_deepest_stride() -> None:
+    from detection.model import DetectorConfig, downsampling_steps
+
+    spec = AnchorSpec(
+        input_size=320, strides=(8, 16, 32, 64), sizes=[[8], [16], [32], [64]], aspect_ratios=(1.0,)
+    )
+    steps = downsampling_steps(DetectorConfig(anchors=spec))
+    assert steps == [(3, 2)] * 6
+    np.testing.assert_array_equal(  # 768 rows: every level pads as on the 320-pixel crops
+        anchors_center_yxhw(spec, (768, 1280), steps), anchors_center_yxhw(spec, (768, 1280))
+    )
+    moved, plain = anchors_center_yxhw(spec, (720, 1280), steps), anchors_center_yxhw(spec, (720, 1280))
+    shift = (moved - plain) * [720, 1280, 720, 1280]
+    levels = np.repeat([8, 16, 32, 64], [90 * 160, 45 * 80, 23 * 40, 12 * 20])
+    np.testing.assert_allclose(
+        shift[:, 0], np.select([levels == 32, levels == 64], [-16.0, -48.0], 0.0), atol=1e-3
+    )
+    np.testing.assert_allclose(shift[:, 1:], 0, atol=1e-3)
+    patchify = downsampling_steps(DetectorConfig(anchors=spec, stem="patchify"))
+    assert patchify == [(4, 4)] + [(3, 2)] * 4
 
 
 def test_whole_frame_detector_has_an_output_per_anchor() -> None:
@@ -284,7 +335,7 @@ def test_targets_encoded_by_keras_decode_in_the_edge_runtime() -> None:
     decoder.decoding = Decoding(box_variance=(0.1, 0.1, 0.2, 0.2), score_threshold=0.5, iou_threshold=0.5)
     decoder.score_threshold, decoder.iou_threshold, decoder.containment = 0.5, 0.5, None
     logits = np.where(positive, 5.0, -5.0).astype(np.float32)[:, None]
-    found = decoder._decode_ssd([boxes[:, :4], logits])
+    found = decoder._decode_ssd([boxes[:, :4], logits], decoder)
     np.testing.assert_allclose(np.sort(found.boxes * 128, axis=0), np.sort(truth, axis=0), atol=0.05)
 
 
@@ -361,6 +412,7 @@ def _small_training_command(train: Path, steps: int, batch: int, learning_rate: 
 
 @pytest.mark.slow
 def test_detector_trains_resumes_exports_int8_and_runs_on_the_edge(tmp_path: Path, run_cli) -> None:
+    from edge.model_card import anchors_from_grid
     from edge.models import Detector
 
     train = _blob_dataset(tmp_path / "train", 24, seed=1)
@@ -398,7 +450,7 @@ def test_detector_trains_resumes_exports_int8_and_runs_on_the_edge(tmp_path: Pat
     card = json.loads(model.with_suffix(".json").read_text())
     assert (
         card["task"] == "detector"
-        and len(card["decoding"]["anchors_center_yxhw"]) == Detector(model).anchors.shape[0]
+        and len(anchors_from_grid(card["decoding"]["anchor_grid"])) == Detector(model).anchors.shape[0]
     )
     code, out, err = run_cli(
         "evaluate", "--detector", "--model", model, "--data", test, "--out", tmp_path / "eval"

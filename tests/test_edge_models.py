@@ -140,8 +140,24 @@ def test_missing_card_and_wrong_task_are_clear_errors(tiny_models, tmp_path: Pat
     (tmp_path / "broken.json").write_text(
         json.dumps({"task": "detector", "labels": ["galaxy"], "decoding": {}})
     )
-    with pytest.raises(GalaxyEdgeError, match="anchors_center_yxhw"):
+    with pytest.raises(GalaxyEdgeError, match="anchor_grid"):
         Detector(broken)
+    # The compact grid and the explicit list (older cards) give the same anchors.
+    listed = json.loads(tiny_models["detector"].with_suffix(".json").read_text())
+    rows = 64 // 4
+    grid = {"height": 64, "width": 64, "levels": [
+        {"stride": 4, "rows": rows, "columns": rows, "first_centre_yx": [2.0, 2.0], "sizes_hw": [[8.0, 8.0]]}
+    ]}  # fmt: skip
+    gridded = {
+        **listed,
+        "decoding": {k: v for k, v in listed["decoding"].items() if k != "anchors_center_yxhw"},
+    }
+    gridded["decoding"]["anchor_grid"] = grid
+    shutil.copy(tiny_models["detector"], tmp_path / "gridded.tflite")
+    (tmp_path / "gridded.json").write_text(json.dumps(gridded))
+    np.testing.assert_allclose(
+        Detector(tmp_path / "gridded.tflite").anchors, Detector(tiny_models["detector"]).anchors
+    )
     floored = tmp_path / "floored.tflite"
     shutil.copy(tiny_models["classifier"], floored)
     card = json.loads(tiny_models["classifier"].with_suffix(".json").read_text())

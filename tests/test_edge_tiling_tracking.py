@@ -263,3 +263,72 @@ def test_containment_matches_the_greedy_definition_on_random_boxes() -> None:
                 kept.append(i)
         result = non_max_suppression(found, 1.0, containment=0.8)
         assert sorted(map(tuple, result.boxes.tolist())) == sorted(map(tuple, boxes[kept].tolist()))
+
+
+def test_a_whole_frame_twin_takes_frames_of_its_size_in_one_invoke(tiny_models, tmp_path) -> None:
+    """export --frame-size ... --detector D names the twin in D's card; D then runs frames of the
+    twin's size through it (one invoke, no tiles), with D's thresholds, and tiles other sizes."""
+    import json
+    import shutil
+
+    from export.detector import attach_frame_model
+    from galaxy_edge.errors import GalaxyEdgeError
+    from tests.tiny_models import build_detector
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for path in (tiny_models["detector"], tiny_models["detector"].with_suffix(".json")):
+        shutil.copy(path, folder)
+    tiled_path = folder / tiny_models["detector"].name
+    twin_path = build_detector(folder, "tiny_detector_240x320_int8", shape=(240, 320))
+    card = attach_frame_model(tiled_path, twin_path)
+    assert json.loads(card.read_text())["frame_models"] == [twin_path.name]
+    attach_frame_model(tiled_path, twin_path)  # again: replaced, not listed twice
+    assert json.loads(card.read_text())["frame_models"] == [twin_path.name]
+
+    detector = Detector(tiled_path)
+    twin = detector.frame_models[(240, 320)]
+    invokes = {"tiled": 0, "twin": 0}
+    for name, model in (("tiled", detector), ("twin", twin)):
+        original = model.invoke
+        model.invoke = lambda tensor, others=(), original=original, name=name: (
+            invokes.__setitem__(name, invokes[name] + 1) or original(tensor, others)
+        )
+    blobs = [(20, 20, (255, 255, 255)), (250, 180, (255, 255, 255)), (151, 99, (255, 255, 255))]
+    frame = blob_frame(320, 240, blobs)
+    assert not needs_tiling(detector, frame.shape)
+    found = detector.detect(frame)
+    assert invokes == {"tiled": 0, "twin": 1}
+    centres = (found.boxes[:, :2] + found.boxes[:, 2:]) / 2
+    assert len(found) == len(blobs)
+    for x, y, _ in blobs:
+        assert np.hypot(*(centres - [x + 4, y + 4]).T).min() <= 4
+    grey = blob_frame(320, 240, [(x, y, (150, 150, 150)) for x, y, _ in blobs])  # scores under 0.99
+    assert len(detector.detect(grey)) == len(blobs)
+    detector.score_threshold = 0.995  # the detector's threshold governs the twin's boxes
+    assert len(detector.detect(grey)) == 0
+    detector.score_threshold = 0.6
+    other = blob_frame(328, 240, blobs)  # another size: tiles of the 64x64 network
+    assert needs_tiling(detector, other.shape) and len(detect_tiled(detector, other)) == len(blobs)
+    assert invokes["twin"] == 3 and invokes["tiled"] == len(tile_layout(detector, other.shape))
+
+    from edge.chain import Chain, ChainSettings
+
+    before = dict(invokes)  # a live view's rolling tiles keep to the tiled network, a few tiles a frame
+    Chain(detector, None, ChainSettings(tiles_per_frame=2)).detect(frame)
+    assert invokes["twin"] == before["twin"] and invokes["tiled"] > before["tiled"]
+
+    twin_path.unlink()
+    try:
+        Detector(tiled_path)
+    except Exception as error:  # ModelError, naming the missing file
+        assert str(twin_path) in str(error)
+    else:
+        raise AssertionError("a missing frame model must fail to load")
+    elsewhere = build_detector(tmp_path, "tiny_detector_240x320_int8", shape=(240, 320))
+    try:
+        attach_frame_model(tiled_path, elsewhere)
+    except GalaxyEdgeError as error:
+        assert "beside" in str(error)
+    else:
+        raise AssertionError("a frame model in another folder must be refused")

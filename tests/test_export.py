@@ -172,7 +172,9 @@ def test_parity_is_measured_again_under_a_changed_card(tmp_path: Path, run_cli) 
     from export.parity import main as parity_main
     from galaxy_edge.errors import GalaxyEdgeError
 
-    for name in ("galaxy_detector_int8", "galaxy_detector_float32", "galaxy_verifier_int8"):
+    shipped_files = ("galaxy_detector_int8", "galaxy_detector_float32", "galaxy_verifier_int8")
+    twins = json.loads((SHIPPED / "galaxy_detector_int8.json").read_text()).get("frame_models", [])
+    for name in (*shipped_files, *(Path(twin).stem for twin in twins)):
         for suffix in (".tflite", ".json"):
             shutil.copy(SHIPPED / f"{name}{suffix}", tmp_path / f"{name}{suffix}")
     int8, float32 = tmp_path / "galaxy_detector_int8.tflite", tmp_path / "galaxy_detector_float32.tflite"

@@ -19,6 +19,7 @@ import pytest
 
 from edge.tracking import iou_matrix
 from tests.conftest import REPO, blob_frame
+from tests.model_outputs import standalone_models
 
 pytestmark = pytest.mark.pi
 
@@ -142,8 +143,8 @@ def test_run_writes_results_on_the_pi(pi_python: Path, tiny_models, frames: Path
     assert len((tmp_path / "out" / "catalog.csv").read_text().splitlines()) == 1 + 5
 
 
-# The models that tests.model_outputs runs (a verifier runs inside its detector's detection).
-SHIPPED = sorted(p for p in (REPO / "models").glob("*.tflite") if "verifier" not in p.name)
+# The models that tests.model_outputs runs (a verifier or a whole-frame twin runs inside its detector's).
+SHIPPED = standalone_models(REPO / "models")
 SAMPLES = REPO / "samples"
 # The bundled samples that fit the emulator's pace: the three GZ2 cutouts and the 1280x720 Hubble crop.
 PI_SAMPLES = [*sorted(SAMPLES.glob("gz2_*.jpg")), SAMPLES / "hubble_udf_crop_1280x720.jpg"]

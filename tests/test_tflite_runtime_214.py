@@ -18,13 +18,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
+from tests.model_outputs import standalone_models
 from tests.test_pi_userland import _detections_matched, _model_outputs, _top1_changes, runtime_versions
 
 VENV = REPO / ".cache" / "tflite-runtime-2.14"
 # Raspberry Pi OS Bookworm's combination; OpenCV as in the emulated Pi userland.
 PINNED = ("tflite-runtime==2.14.0", "numpy==1.26.4", "opencv-python-headless==4.11.0.86")
-# The models that tests.model_outputs runs (a verifier runs inside its detector's detection).
-SHIPPED = sorted(p for p in (REPO / "models").glob("*.tflite") if "verifier" not in p.name)
+# The models that tests.model_outputs runs (a verifier or a whole-frame twin runs inside its detector's).
+SHIPPED = standalone_models(REPO / "models")
 
 # Measured (shipped models, bundled samples): against ai-edge-litert with XNNPACK, the int8 detector
 # with its verifier matched 358 of 431 confident detections at IoU 0.9 (session 17's cards: no containment

@@ -39,20 +39,23 @@ def _convert_int8(model, representative: np.ndarray, path: Path) -> Path:
     return path
 
 
-def detector_anchors() -> list[list[float]]:
-    grid = DETECTOR_SIZE // CELL
+def detector_anchors(height: int = DETECTOR_SIZE, width: int = DETECTOR_SIZE) -> list[list[float]]:
+    rows, columns = height // CELL, width // CELL
     anchors = []
-    for row in range(grid):
-        for col in range(grid):
-            anchors.append([(row + 0.5) / grid, (col + 0.5) / grid, 2 / grid, 2 / grid])
+    for row in range(rows):
+        for col in range(columns):
+            anchors.append([(row + 0.5) / rows, (col + 0.5) / columns, 2 * CELL / height, 2 * CELL / width])
     return anchors
 
 
-def build_detector(folder: Path, name: str = "tiny_detector_int8") -> Path:
+def build_detector(
+    folder: Path, name: str = "tiny_detector_int8", shape: tuple[int, int] = (DETECTOR_SIZE, DETECTOR_SIZE)
+) -> Path:
+    """shape: (height, width), multiples of CELL; another than the default makes a whole-frame twin."""
     import keras
 
-    grid = DETECTOR_SIZE // CELL
-    inputs = keras.Input((DETECTOR_SIZE, DETECTOR_SIZE, 3), batch_size=1)
+    height, width = shape
+    inputs = keras.Input((height, width, 3), batch_size=1)
     scaled = keras.layers.Rescaling(1 / 255)(inputs)
     gray = keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Constant(1 / 3), use_bias=False)(
         scaled
@@ -65,11 +68,12 @@ def build_detector(folder: Path, name: str = "tiny_detector_int8") -> Path:
         bias_initializer=keras.initializers.Constant(-20.0),
     )(pooled)
     deltas = keras.layers.Conv2D(4, 1, kernel_initializer="zeros", bias_initializer="zeros")(pooled)
-    boxes = keras.layers.Reshape((grid * grid, 4), name="boxes")(deltas)
-    scores = keras.layers.Reshape((grid * grid, 1), name="scores")(logits)
+    cells = (height // CELL) * (width // CELL)
+    boxes = keras.layers.Reshape((cells, 4), name="boxes")(deltas)
+    scores = keras.layers.Reshape((cells, 1), name="scores")(logits)
     model = keras.Model(inputs, [boxes, scores])
     rng = np.random.default_rng(0)
-    representative = rng.integers(0, 256, (32, DETECTOR_SIZE, DETECTOR_SIZE, 3)).astype(np.float32)
+    representative = rng.integers(0, 256, (32, height, width, 3)).astype(np.float32)
     representative[::2] = 0
     representative[1::4] = 255
     path = _convert_int8(model, representative, folder / f"{name}.tflite")
@@ -84,7 +88,7 @@ def build_detector(folder: Path, name: str = "tiny_detector_int8") -> Path:
         "input": {"color_order": "RGB", "mean": [0, 0, 0], "std": [1, 1, 1], "resize": "stretch"},
         "decoding": {
             "type": "ssd",
-            "anchors_center_yxhw": detector_anchors(),
+            "anchors_center_yxhw": detector_anchors(height, width),
             "box_variance": [0.1, 0.1, 0.2, 0.2],
             "score_activation": "sigmoid",
             "score_threshold": 0.6,
