@@ -5,7 +5,7 @@
 Each prefix (the input up to a backbone layer, then the whole network) is converted to int8
 as `galaxy-edge export` would (calibrated on native-scale tiles of FRAMES) and counted per invoke
 under the Pi userland (edge.icount); differences between successive prefixes are the stages'
-costs, beside their multiply-accumulates (from the convolutions' shapes). TFLite has no per-op
+costs, beside their multiply-accumulates (edge.bench.model_facts, from the ops' shapes). TFLite has no per-op
 instruction counter, and x86 op profiles rank ops differently from
 arm64's kernels, so prefixes are the deterministic way to split the count.
 """
@@ -15,25 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-
-def convolution_macs(model) -> int:
-    """Multiply-accumulates of a Keras model's convolutions, from their output shapes (nested models
-    included): what dominates a MobileNet's arithmetic."""
-    import keras
-
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            total += convolution_macs(layer)
-        elif isinstance(layer, keras.layers.DepthwiseConv2D):
-            height, width, channels = layer.output.shape[1:]
-            total += height * width * channels * layer.kernel_size[0] * layer.kernel_size[1]
-        elif isinstance(layer, keras.layers.Conv2D):
-            height, width, channels = layer.output.shape[1:]
-            inputs = layer.input.shape[-1]
-            total += height * width * channels * layer.kernel_size[0] * layer.kernel_size[1] * inputs
-    return total
 
 
 def main() -> None:
@@ -52,7 +33,9 @@ def main() -> None:
     import keras
 
     from detection.model import BACKBONE_FEATURES, DetectorConfig
+    from edge.bench import model_facts
     from edge.icount import per_run
+    from edge.interpreter import load_interpreter
     from export.detector import calibration_tiles
     from export.tflite import convert
 
@@ -71,12 +54,14 @@ def main() -> None:
             inner = keras.Model(backbone.input, backbone.get_layer(name).output)
             image = keras.Input(model.input_shape[1:], name="image")
             prefix = keras.Model(image, inner(model.get_layer("to_unit_range")(image)))
-        macs = convolution_macs(prefix)
+        path = args.out / f"{name.replace(' ', '_')}.tflite"
         instructions = 0.0
-        if not args.macs_only:
-            path = args.out / f"{name.replace(' ', '_')}.tflite"
+        if args.macs_only:  # float32 needs no calibration and has the same convolutions
+            path.write_bytes(convert(prefix, "float32"))
+        else:
             path.write_bytes(convert(prefix, "int8", tiles, count=len(tiles)))
             instructions, _ = per_run(["model", str(path)], args.runs)
+        macs = model_facts(load_interpreter(path))["macs"]  # the benchmark's count, from the ops' shapes
         shape = "x".join(str(s) for s in prefix.output_shape[1:]) if name != "whole network" else "outputs"
         stage, stage_macs = instructions - previous, macs - previous_macs
         row = {"prefix": name, "output": shape, "instructions": instructions, "stage": stage}
