@@ -102,8 +102,8 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     train.add_argument(
         "--learning-rate",
         type=float,
-        help="initial learning rate (default: the configuration's for the classifier, 2e-3 for the "
-        "detector); lower for a second, fine phase with --from",
+        help="initial learning rate (default: the configuration's for the classifier; for the "
+        "detector 2e-3, or 1e-4 with --from); lower for a second, fine phase with --from",
     )
     train.add_argument(
         "--weak-weight", type=float, default=1.0, help="loss weight of a weakly labelled image"
