@@ -27,12 +27,12 @@ class VerifierConfig:
     patch: int = 32  # native pixels: covers the galaxies the detector loses (under 16-32 pixels)
     context: float = 1.5  # a larger candidate's patch is 1.5x its longer side, shrunk to `patch`
     # Candidates at least this long keep the detector's score: on real frames the verifier, which
-    # learned simulated galaxies, dropped obvious galaxies of 27-63 px (README, The verifier).
+    # learned simulated galaxies, dropped obvious galaxies of 27-63 px (docs/verifier.md).
     max_side: float = 32.0
     max_candidates: int = 512  # per frame, the highest-scoring first: bounds the cost on crowded fields
     # The runtime's candidates: decoding below the detector's threshold costs NMS and voting over many
     # more anchors (the Hubble sample: 4,927 at 0.2, 712 at 0.35); 0.25 keeps it within a quarter of
-    # the detector invokes' arm64 instructions there (README, The verifier).
+    # the detector invokes' arm64 instructions there (docs/verifier.md).
     candidate_threshold: float = 0.25
     harvest_threshold: float = 0.05  # training sees the detector's candidates down to this score
 

@@ -42,7 +42,8 @@ class ChainSettings:
     rotations: bool = False  # average the classifier over the 8 rotations and flips
     reject_threshold: float = 0.4  # top probability under this: "uncertain"
     # Boxes whose longer side is under this are "unresolved" and not classified; None: the classifier
-    # card's resolution floor (README: below it the label was no better than a constant answer); 0: none.
+    # card's resolution floor (docs/classifier.md: below it the label was no better than a constant
+    # answer); 0: none.
     min_classify_px: float | None = None
     score_threshold: float | None = None  # detector threshold (default: the model card's)
     reclassify_every: int = 30

@@ -13,7 +13,7 @@ from galaxy_edge.errors import GalaxyEdgeError
 
 DEFAULT_SCORE_THRESHOLD = 0.35
 # NMS IoU of the cards (and of the in-graph post-processing): 0.4 beat 0.5 on 1,000 fresh frames
-# (README, detector: NMS threshold 0.4), 0.6 lost.
+# (docs/detector.md: NMS threshold 0.4), 0.6 lost.
 NMS_IOU_THRESHOLD = 0.4
 
 
@@ -158,9 +158,9 @@ def write_detector_card(
             "score_threshold": score_threshold,
             "iou_threshold": NMS_IOU_THRESHOLD,
             # Off: a box nested in a better one is often a galaxy of its own in a larger galaxy's box
-            # (README, detector: containment); the runtime still honours a card that sets it.
+            # (docs/detector.md: containment); the runtime still honours a card that sets it.
             "containment": None,
-            # Tiled frames also run whole, shrunk, for galaxies larger than a tile (README, detector:
+            # Tiled frames also run whole, shrunk, for galaxies larger than a tile (docs/detector.md:
             # overview pass); its boxes of at least this many frame pixels join the tiles'.
             "overview_min_side": 256,
             "box_voting": True,

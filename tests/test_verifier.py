@@ -211,7 +211,7 @@ def test_train_and_export_a_verifier_for_the_shipped_detector(tmp_path: Path, ru
     # Learned well above chance. Two epochs on 12 frames do not reach the detector's own ranking of
     # these candidates (measured 0.778 against 0.907, 5 epochs 0.800, since session 16 dropped the
     # containment check that had removed nested candidates: the bound was 0.8 before); the shipped
-    # verifier, trained on 2,400 frames, does (0.986 against 0.971; README, The verifier).
+    # verifier, trained on 2,400 frames, does (0.986 against 0.971; docs/verifier.md).
     validation = summary["validation"]
     print(f"validation ROC-AUC: verifier {validation['auc']:.3f}, detector {validation['detector_auc']:.3f}")
     assert summary["candidates"] > 1000 and validation["auc"] > 0.7
@@ -266,7 +266,7 @@ def test_the_shipped_verifier_raises_map_on_fresh_frames(tmp_path: Path, run_cli
 
 
 # Galaxies on samples/hubble_udf_crop_1280x720.jpg that anyone would box: bright, extended, 27-63 pixels
-# (points picked by eye on each, README: The verifier). The verifier re-scoring candidates under 64 pixels
+# (points picked by eye on each, docs/verifier.md). The verifier re-scoring candidates under 64 pixels
 # lost all 8 (it learned simulated galaxies); under 32 pixels, as the card says now, 7 stay.
 HUBBLE_SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "hubble_udf_crop_1280x720.jpg"
 HUBBLE_OBVIOUS_GALAXIES = [

@@ -1,4 +1,4 @@
-"""Ad hoc probe (README, detector section): a second look at the detector's candidates. The
+"""Ad hoc probe (docs/detector.md): a second look at the detector's candidates. The
 shipped detector ranks small galaxies like the stars around them (scripts/probes/ranking_losses.py);
 a tiny CNN that sees each candidate's own pixels at native scale (a 32-pixel patch, or 1.5x the box
 shrunk to 32) with the detector's score and box size re-scores it, trained on the detector's own
@@ -13,8 +13,8 @@ re-scored by the verifier.
 
 The runtime's version is `galaxy-edge train --verifier` (detection/verifier.py); this probe differs in
 its patches (sub-pixel, cv2.warpAffine) and trains on every candidate. Its network is now
-detection.verifier.build_verifier, whose last hidden ReLU is bounded at 6 (the README's probe figures
-were measured with an unbounded one; otherwise the same layers).
+detection.verifier.build_verifier, whose last hidden ReLU is bounded at 6 (the probe figures of
+docs/verifier.md were measured with an unbounded one; otherwise the same layers).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Ad hoc probe (README, detector section): `evaluate --detector` with extra detection passes
+"""Ad hoc probe (docs/detector.md): `evaluate --detector` with extra detection passes
 patched into the runtime's detect_frame, to test an idea before it earns a place in edge/.
 
   python scripts/probes/detector_passes.py MODEL DATA OUT [--overview MIN] [--upscale MAX]

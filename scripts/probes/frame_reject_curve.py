@@ -1,6 +1,6 @@
-"""Ad hoc probe (README, The classifier's job in the chain): the reject option on the frame galaxies the
-chain classifies (box at least the card's resolution floor): share kept and accuracy of those kept per
-top-probability threshold (`run --reject-threshold`).
+"""Ad hoc probe (docs/classifier.md, The classifier's job in the chain): the reject option on the
+frame galaxies the chain classifies (box at least the card's resolution floor): share kept and
+accuracy of those kept per top-probability threshold (`run --reject-threshold`).
 
   python scripts/probes/frame_reject_curve.py CLASSIFIER_int8.tflite FRAMES_DIR [FRAMES_DIR ...]
 """

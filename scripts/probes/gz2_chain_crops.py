@@ -1,4 +1,4 @@
-"""Ad hoc probe (README, The classifier's job in the chain): the real GZ2 spiral check through the
+"""Ad hoc probe (docs/classifier.md, The classifier's job in the chain): the real GZ2 spiral check through the
 chain's own path. On the held-out half of ../shared/data/gz2_kaggle_1400, the shipped detector finds
 the central galaxy (the detection evaluation's central-galaxy rule), the chain cuts it (1.5 times the
 box, edge.chain.square_crop) and each classifier scores it; beside it, the usual check on the Galaxy10

@@ -1,4 +1,4 @@
-"""Ad hoc probe (README, detector section): a copy of a `simulate frames` folder whose labelImg XML
+"""Ad hoc probe (docs/detector.md): a copy of a `simulate frames` folder whose labelImg XML
 also boxes every star of its truth.csv as `star` (faint ones difficult), images linked, for
 `train --detector --labels galaxy,star`.
 

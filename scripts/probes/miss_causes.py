@@ -1,4 +1,4 @@
-"""Ad hoc probe (README, detector section): why the shipped detector misses the galaxies it misses.
+"""Ad hoc probe (docs/detector.md): why the shipped detector misses the galaxies it misses.
 Every galaxy that is not `difficult` in a `simulate frames` folder's truth.csv gets one cause, by the
 detections (every candidate, verified scores, as `evaluate --detector` keeps them) around it:
 

@@ -1,4 +1,4 @@
-"""Ad hoc probe (README, detector section): which boxes the card's containment check removes, and
+"""Ad hoc probe (docs/detector.md): which boxes the card's containment check removes, and
 whether they were galaxies. The detector runs with containment off (a copy of its card); each final
 box at score 0.25 or more that lies for `containment` of its area (the card's, or --containment when
 the card has none, as shipped since session 16) inside a higher-scoring box is

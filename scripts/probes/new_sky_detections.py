@@ -1,4 +1,4 @@
-"""Ad hoc probe (README, The verifier: More frames): which boxes on a real sky frame a detector with
+"""Ad hoc probe (docs/verifier.md: More frames): which boxes on a real sky frame a detector with
 its verifier keeps that another verifier for the same detector did not (IoU under 0.3 with all of
 its boxes), the best first, as 48-pixel cut-outs enlarged 4x and brightened 3x in one PNG grid, for
 a person to judge.

@@ -1,4 +1,4 @@
-"""Ad hoc probe (README, detector pruning): how far two detectors' mAP differ on one folder of simulated
+"""Ad hoc probe (docs/detector.md, pruning): how far two detectors' mAP differ on one folder of simulated
 frames as a whole and on consecutive blocks of frames (the size of a validation set), to see how much
 a 40-frame comparison can be trusted. Each detector runs as `evaluate --detector` runs it (its card's
 verifier included).

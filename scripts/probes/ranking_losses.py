@@ -1,4 +1,4 @@
-"""Ad hoc probe (README, detector section): where a detector's ranking loses on a `simulate frames`
+"""Ad hoc probe (docs/detector.md): where a detector's ranking loses on a `simulate frames`
 folder. Each box at score 0.05 that matches no galaxy at IoU 0.5 is named by the truth object under
 its centre (star, difficult galaxy, a galaxy with a poor box, blank sky); the galaxies under 16
 pixels are broken down by size against the seeing and by S/N.

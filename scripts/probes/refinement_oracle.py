@@ -1,4 +1,4 @@
-"""Ad hoc probe (README, The verifier): how much mAP a perfect second stage could add to the shipped
+"""Ad hoc probe (docs/verifier.md): how much mAP a perfect second stage could add to the shipped
 detector and verifier, and whether its lever would be the score or the box. On a `simulate frames`
 folder, the verified detections of each frame are changed with the truth's help before COCO scores
 them:

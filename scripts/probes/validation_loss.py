@@ -1,5 +1,5 @@
 """Detectors' losses on the validation crops a `train --detector` run used, so that a candidate's
-best validation loss can be read beside the model it started from (README, the patchify stem).
+best validation loss can be read beside the model it started from (docs/detector.md, the patchify stem).
 
     PYTHONPATH=. python scripts/probes/validation_loss.py FRAMES MODEL.keras [MODEL.keras ...]
 

@@ -1,4 +1,4 @@
-"""Ad hoc probe (README, The verifier): what the verifier does to obvious galaxies on a real frame.
+"""Ad hoc probe (docs/verifier.md): what the verifier does to obvious galaxies on a real frame.
 For points picked by eye on a galaxy each, the best detection containing the point with and without
 the verifier the detector's card names, and which of them the final threshold keeps; --max-side
 re-scores only candidates under that many pixels (the verifier card's verification.max_side).
@@ -6,7 +6,7 @@ re-scores only candidates under that many pixels (the verifier card's verificati
   python scripts/probes/verifier_real_frames.py [--max-side PX] [FRAME X,Y [X,Y ...]]
 
 Without points: the Hubble sample and the 8 galaxies picked by eye there that tests/test_verifier.py
-checks (longer sides 27-63 pixels; README, The verifier).
+checks (longer sides 27-63 pixels; docs/verifier.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Ad hoc probe (README, The verifier): the shipped detector and verifier with other candidate
+"""Ad hoc probe (docs/verifier.md): the shipped detector and verifier with other candidate
 thresholds, on validation frames, and what verification costs in arm64 instructions on the Hubble
 sample at each. Copies of the two models and their cards go to a temporary folder, the verifier's
 card edited; nothing in models/ changes.
