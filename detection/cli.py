@@ -197,9 +197,11 @@ def run_train(args: argparse.Namespace) -> int:
         val_pairs = [p for p in pairs if p[0] in chosen["val"]]
         if not val_pairs:
             val_pairs = train_pairs[-1:]
+    # Without a validation part the last training frame stands in: no fair comparison with the start.
+    held_out_validation = not {p[0] for p in val_pairs} & {p[0] for p in train_pairs}
     print(f"{args.data}: {len(train_pairs)} training frames, {len(val_pairs)} validation", file=sys.stderr)
     train_frames, val_frames = load_frames(train_pairs, labels), load_frames(val_pairs, labels)
-    initial = None
+    initial, same_labels = None, False
     if args.initial:
         if not args.initial.is_file():
             raise GalaxyEdgeError(f"{args.initial}: no such model")
@@ -207,6 +209,7 @@ def run_train(args: argparse.Namespace) -> int:
         if not summary_path.is_file():
             raise GalaxyEdgeError(f"{summary_path}: the detector's summary (anchors) is missing")
         config = DetectorConfig.from_dict(json.loads(summary_path.read_text())["config"])
+        same_labels = config.labels == labels
         initial = keras.models.load_model(args.initial, compile=False)
         if config.labels != labels:
             initial, config = _with_labels(initial, config, labels)
@@ -253,8 +256,34 @@ def run_train(args: argparse.Namespace) -> int:
         initial,
         str(args.weights) if args.weights else None,
     )
+    if args.initial and same_labels and held_out_validation:
+        _compare_with_start(args.initial, args.out, val_pairs, labels)
     print(f"model {args.out / 'detector.keras'}, summary {args.out / 'detector.json'}")
     return 0
+
+
+def _compare_with_start(start: Path, out: Path, val_pairs, labels) -> None:
+    """After a run with --from: both models' mAP on the validation frames, printed and kept in the
+    summary. On a few dozen frames of a new camera fine-tuning may gain little or lose (README, Fine-tune
+    on your rig), and the user should know which model to keep."""
+    from detection.evaluate import compare_on_frames
+
+    result = compare_on_frames(start, out / "detector.keras", val_pairs, labels)
+    summary_path = out / "detector.json"
+    summary = json.loads(summary_path.read_text())
+    summary["validation_against_start"] = result
+    summary_path.write_text(json.dumps(summary, indent=1))
+    before, after = result["start"], result["trained"]
+    print(
+        f"validation frames ({result['frames']}), mAP@0.5 / mAP@0.5:0.95: {before['map50']:.3f} / "
+        f"{before['map']:.3f} for {start}, {after['map50']:.3f} / {after['map']:.3f} after training"
+    )
+    if after["map50"] < before["map50"]:
+        print(
+            f"warning: the trained detector scores lower on the validation frames than {start}; keep "
+            "that one, or annotate more frames (a few frames give a noisy figure)",
+            file=sys.stderr,
+        )
 
 
 def _pruned(source, source_config, frames, keep_fraction: float, min_stride: int):

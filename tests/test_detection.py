@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -553,19 +554,32 @@ def test_fine_tuning_on_another_camera_beats_the_shipped_detector(tmp_path: Path
         )  # fmt: skip
         assert code == 0, err
 
-    def map50(model: Path, out: str) -> float:
-        code, _, err = run_cli("evaluate", "--detector", "--model", model, "--data", tmp_path / "test",
+    def map50(model: Path, out: str, frames: str = "test") -> float:
+        code, _, err = run_cli("evaluate", "--detector", "--model", model, "--data", tmp_path / frames,
                                "--draw", "0", "--out", tmp_path / out)  # fmt: skip
         assert code == 0, err
         return json.loads((tmp_path / out / "report.json").read_text())["coco"]["map50"]
 
     before = map50(SHIPPED_DETECTOR, "before")
-    code, _, err = run_cli(
+    code, out, err = run_cli(
         "train", "--detector", "--data", tmp_path / "train", "--from", SHIPPED_DETECTOR,
         "--epochs", "20", "--steps-per-epoch", "20", "--batch-size", "8", "--out", tmp_path / "tuned",
     )  # fmt: skip
     assert code == 0, err
-    after = map50(tmp_path / "tuned" / "detector.keras", "after")
+    tuned = tmp_path / "tuned" / "detector.keras"
+    # The run ends by scoring the model it started from and the one it made on its validation frames,
+    # as `evaluate --detector` would: the user learns whether fine-tuning helped on their rig.
+    compared = json.loads((tmp_path / "tuned" / "detector.json").read_text())["validation_against_start"]
+    assert compared["start"]["model"] == str(SHIPPED_DETECTOR) and compared["trained"]["model"] == str(tuned)
+    assert compared["frames"] == len(compared["images"]) >= 1
+    (tmp_path / "val").mkdir()
+    for image in compared["images"]:
+        for path in (tmp_path / "train").glob(f"{Path(image).stem}.*"):
+            shutil.copy(path, tmp_path / "val")
+    assert compared["start"]["map50"] == pytest.approx(map50(SHIPPED_DETECTOR, "start_val", "val"), abs=1e-9)
+    assert compared["trained"]["map50"] == pytest.approx(map50(tuned, "tuned_val", "val"), abs=1e-9)
+    assert f"{compared['trained']['map50']:.3f} / " in out
+    after = map50(tuned, "after")
     print(f"mAP@0.5 on the new camera: shipped {before:.3f}, fine-tuned {after:.3f}")
     # Measured: 0.663 -> 0.696. Before and after are both the .keras through float32, no verifier, so
     # a fine-tune that learned nothing scores exactly `before`. The rate, 1e-4 (the default with
