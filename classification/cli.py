@@ -283,7 +283,7 @@ def run_train(args: argparse.Namespace) -> int:
                 "--frames is for the classifier: a detector trains on the frames given as --data"
             )
         return detection_cli.run_train(args)
-    from classification.evaluate import classification_metrics, predict
+    from classification.evaluate import predict
     from classification.model import CNNConfig
     from classification.train import TrainSettings, distribution_strategy, output_folder, train_classifier
     from galaxy_edge.errors import GalaxyEdgeError
@@ -332,24 +332,39 @@ def run_train(args: argparse.Namespace) -> int:
         ema=args.ema,
     )
     weak = _weak_set(args, dataset)
+    # With --from, the model it starts from is scored on the same held-out part first (training
+    # changes it in place), so the user sees whether fine-tuning on their data helped.
+    start = None
+    if initial is not None and len(test):
+        start = _test_figures(predict(initial, test.images), test, dataset.scheme)
     model = train_classifier(train, validation, config, settings, args.out, initial, weak, teacher)
     summary_path = output_folder(args.out, args.strategy) / "classifier.json"
     if not len(test):  # --split with no test part: the held-out set lives elsewhere
         print(f"no test part in --split; model {summary_path.with_suffix('.keras')}")
         return 0
-    metrics = classification_metrics(predict(model, test.images), test.labels, dataset.scheme)
     summary = json.loads(summary_path.read_text())
-    summary["test"] = {
-        "accuracy": metrics["accuracy"],
-        "count": metrics["count"],
-        "macro_roc_auc": metrics["macro_roc_auc"],
-    }
+    summary["test"] = _test_figures(predict(model, test.images), test, dataset.scheme)
+    if start is not None:
+        summary["test_start"] = {"model": str(args.initial), **start}
     summary_path.write_text(json.dumps(summary, indent=1))
-    print(
-        f"test accuracy {metrics['accuracy']:.4f} on {metrics['count']} held-out images; "
-        f"model {summary_path.with_suffix('.keras')}"
-    )
+    accuracy, count = summary["test"]["accuracy"], summary["test"]["count"]
+    model_path = summary_path.with_suffix(".keras")
+    print(f"test accuracy {accuracy:.4f} on {count} held-out images; model {model_path}")
+    if start is not None:
+        print(f"the same images with {args.initial}, the model it started from: {start['accuracy']:.4f}")
+        if accuracy < start["accuracy"]:
+            print(
+                f"warning: the trained classifier scores lower on the held-out images than {args.initial}",
+                file=sys.stderr,
+            )
     return 0
+
+
+def _test_figures(probabilities, test, scheme: str) -> dict:
+    from classification.evaluate import classification_metrics
+
+    metrics = classification_metrics(probabilities, test.labels, scheme)
+    return {k: metrics[k] for k in ("accuracy", "count", "macro_roc_auc")}
 
 
 def _with_frame_galaxies(args: argparse.Namespace, scheme: str, train, validation, test):

@@ -283,6 +283,15 @@ def test_small_training_run_learns_and_cli_reports(tmp_path: Path, run_cli) -> N
     assert json.loads((tmp_path / "es" / "evaluation.json").read_text())["data"]["accuracy"] >= 0.7
     code, _, err = run_cli(*distil, "--teacher", tmp_path / "none.keras", "--out", tmp_path / "t2")
     assert code != 0 and "none.keras: no such teacher model" in err
+    # A fine phase with a test part also scores the model it started from on the same images: the
+    # first run's own test figure, since the split is the same.
+    code, out, err = run_cli(*distil, "--out", tmp_path / "refined")
+    assert code == 0, err
+    refined = json.loads((tmp_path / "refined" / "classifier.json").read_text())
+    assert refined["test_start"]["model"] == str(run / "classifier.keras")
+    assert refined["test_start"]["accuracy"] == pytest.approx(summary["test"]["accuracy"], abs=1e-9)
+    assert refined["test_start"]["count"] == refined["test"]["count"] == summary["test"]["count"]
+    assert f"the model it started from: {summary['test']['accuracy']:.4f}" in out
 
 
 def test_distillation_loss_mixes_label_and_teacher_cross_entropy() -> None:
