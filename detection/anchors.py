@@ -83,7 +83,7 @@ def anchor_grid(
     multiple of the deepest stride pads differently), its anchors move with them: the network
     learned its box offsets from where its cells see, so 720 rows put the stride-32 anchors 16
     pixels and the stride-64 ones 48 pixels higher (without it the whole-frame detector lost 0.1
-    of mAP@0.5 on 1280x720 frames, README: Export)."""
+    of mAP@0.5 on 1280x720 frames; docs/detector.md, Whole-frame export)."""
     height, width = shape if shape is not None else (spec.input_size, spec.input_size)
     shift_y, shift_x = {}, {}
     if shape is not None and steps is not None:
