@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detection.centred import centred_images, small_galaxy_recall
 from edge.tiling import detect_frame
 from galaxy_edge.errors import GalaxyEdgeError
 
@@ -252,14 +253,7 @@ def draw_errors(matches: Sequence[FrameMatch], out: Path, count: int) -> list[Pa
 def gz2_central_recall(detector, folder: Path, threshold: float) -> dict:
     """Real GZ2 check: the fraction of images with a detection that contains the image centre
     and has a plausible size, and the number of other detections per image."""
-    from galaxy_edge.files import IMAGE_SUFFIXES
-
-    folder = Path(folder)
-    if (folder / "images").is_dir():  # the Kaggle layout: labels.csv beside images/
-        folder = folder / "images"
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise GalaxyEdgeError(f"{folder}: no images")
+    paths = centred_images(folder)
     hits, others, missed = 0, 0, []
     for path in paths:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -342,6 +336,8 @@ def evaluate_detector(
         if gz2:
             print(f"GZ2 central-galaxy check on {gz2}", file=sys.stderr)
             report["gz2_central"] = gz2_central_recall(detector, gz2, threshold)
+            print(f"GZ2 small-galaxy check on {gz2}'s held-out part", file=sys.stderr)
+            report["gz2_small"] = small_galaxy_recall(detector, gz2, threshold)
         report["sky_frames"] = [
             draw_sky_frame(detector, frame, out / f"{Path(frame).stem}_detections.jpg", threshold)
             for frame in sky_frames

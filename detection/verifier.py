@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,45 +39,93 @@ class VerifierConfig:
     harvest_threshold: float = 0.05  # training sees the detector's candidates down to this score
 
 
-def harvest_candidates(detector_path: Path, frames: Path, config: VerifierConfig) -> dict[str, np.ndarray]:
+def harvest_candidates(
+    detector_path: Path,
+    frames: Path,
+    config: VerifierConfig,
+    centred_galaxies: Path | None = None,
+    centred_shrinks: Sequence[float] = (),
+) -> dict[str, np.ndarray]:
     """The detector's candidates on a labelImg folder: patches, priors, labels (1 galaxy, 0 not,
-    -1 a `difficult` galaxy, left out of training) and the frame index of each."""
+    -1 a `difficult` galaxy, left out of training), the frame index of each and whether it came
+    from a mosaic of centred galaxies. With
+    centred_galaxies, also its training part's real galaxies shrunk into mosaics
+    (detection.centred): the candidate that stands for a cell's galaxy is labelled 1, the other
+    candidates there -1 (unlabelled sources)."""
     import cv2
 
     from annotations.dataset import usable_pairs
+    from detection.centred import centred_images, centred_part, mosaics
     from edge.models import Detector, candidate_patches, candidate_priors
     from edge.tiling import detect_frame
-    from edge.tracking import iou_matrix
 
     detector = Detector(detector_path, verify=False)
     detector.score_threshold = config.harvest_threshold
     pairs = usable_pairs(frames)
-    parts: dict[str, list[np.ndarray]] = {"patches": [], "priors": [], "labels": [], "frames": []}
+    keys = ("patches", "priors", "labels", "frames", "centred")
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
+
+    def add(frame: np.ndarray, labelled, centred: bool = False) -> None:
+        # Every size trains (larger candidates teach what galaxies look like too); the runtime
+        # re-scores only those under max_side.
+        found = detect_frame(detector, frame)
+        chosen = _verified(found.boxes, found.scores, config, np.inf)
+        boxes, scores = found.boxes[chosen], found.scores[chosen]
+        parts["patches"].append(candidate_patches(frame, boxes, config.patch, config.context))
+        parts["priors"].append(candidate_priors(boxes, scores))
+        parts["labels"].append(labelled(boxes, scores))
+        parts["frames"].append(np.full(len(boxes), len(parts["frames"]), np.int32))
+        parts["centred"].append(np.full(len(boxes), centred))
+
     for index, (image_path, annotation) in enumerate(pairs):
         frame = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
         if frame is None:
             raise GalaxyEdgeError(f"{image_path}: cannot read the image")
-        found = detect_frame(detector, frame)
-        # Every size trains (larger candidates teach what galaxies look like too); the runtime
-        # re-scores only those under max_side.
-        chosen = _verified(found.boxes, found.scores, config, np.inf)
-        boxes, scores = found.boxes[chosen], found.scores[chosen]
         galaxies = [b for b in annotation.boxes if b.name == detector.labels[0]]
-        truth = np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for b in galaxies], np.float32).reshape(-1, 4)
-        labels = np.zeros(len(boxes), np.int8)
-        if len(truth) and len(boxes):
-            overlaps = iou_matrix(boxes, truth)
-            best, matched = overlaps.argmax(axis=1), overlaps.max(axis=1) >= 0.5
-            difficult = np.array([b.difficult for b in galaxies], bool)[best]
-            labels[matched] = np.where(difficult[matched], -1, 1)
-        parts["patches"].append(candidate_patches(frame, boxes, config.patch, config.context))
-        parts["priors"].append(candidate_priors(boxes, scores))
-        parts["labels"].append(labels)
-        parts["frames"].append(np.full(len(boxes), index, np.int32))
+        add(frame, partial(_truth_labels, galaxies=galaxies))
         if index % 100 == 0:
             count = sum(map(len, parts["labels"]))
             print(f"harvest: {index + 1}/{len(pairs)} frames, {count} candidates", file=sys.stderr)
+    if centred_galaxies is not None:
+        paths = centred_part(centred_images(centred_galaxies), held_out=False)
+        for shrink in centred_shrinks:
+            for mosaic in mosaics(paths, shrink):
+                add(mosaic.frame, partial(_cell_labels, mosaic=mosaic), centred=True)
+            real = int(sum((labels == 1).sum() for labels in parts["labels"][len(pairs) :]))
+            print(f"harvest: centred galaxies shrunk {shrink:g}x: {real} real in all", file=sys.stderr)
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+
+
+def _truth_labels(boxes: np.ndarray, scores: np.ndarray, galaxies: list) -> np.ndarray:
+    """1 for a candidate at IoU 0.5 with a labelled galaxy, -1 with a `difficult` one, else 0."""
+    from edge.tracking import iou_matrix
+
+    truth = np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for b in galaxies], np.float32).reshape(-1, 4)
+    labels = np.zeros(len(boxes), np.int8)
+    if len(truth) and len(boxes):
+        overlaps = iou_matrix(boxes, truth)
+        best, matched = overlaps.argmax(axis=1), overlaps.max(axis=1) >= 0.5
+        difficult = np.array([b.difficult for b in galaxies], bool)[best]
+        labels[matched] = np.where(difficult[matched], -1, 1)
+    return labels
+
+
+def _cell_labels(boxes: np.ndarray, scores: np.ndarray, mosaic) -> np.ndarray:
+    """1 for the candidate that stands for a cell's galaxy: of those that cover its centre with a
+    plausible size (detection.centred.centre_hits) and are centred on it (within a quarter of their
+    longer side), the detector's best. The others are unlabelled (-1): nobody drew the galaxy's box,
+    so a smaller or larger box on it is neither right nor wrong here."""
+    from detection.centred import centre_hits
+
+    labels = np.full(len(boxes), -1, np.int8)
+    middles = (boxes[:, :2] + boxes[:, 2:]) / 2
+    sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    offsets = np.abs(middles[None, :, :] - mosaic.centres[:, None, :]).max(axis=2)
+    candidates = centre_hits(boxes, mosaic.centres, mosaic.cell) & (offsets <= sides[None] / 4)
+    for row in candidates:
+        if row.any():
+            labels[np.flatnonzero(row)[np.argmax(scores[row])]] = 1
+    return labels
 
 
 def _verified(boxes: np.ndarray, scores: np.ndarray, config: VerifierConfig, max_side: float) -> np.ndarray:
@@ -137,8 +187,11 @@ def train_verifier(
     batch_size: int = 256,
     config: VerifierConfig | None = None,
     seed: int = 0,
+    centred_galaxies: Path | None = None,
+    centred_shrinks: Sequence[float] = (),
 ) -> dict:
-    """Harvest the detector's candidates on `frames`, train, and write out/verifier.keras (best
+    """Harvest the detector's candidates on `frames` (and on centred_galaxies' mosaics, see
+    harvest_candidates), train, and write out/verifier.keras (best
     validation loss; every tenth frame validates), out/verifier.json, out/calibration.npz (training
     candidates for int8 calibration) and out/validation.npz (for the export's parity check)."""
     import keras
@@ -148,10 +201,11 @@ def train_verifier(
         raise GalaxyEdgeError(f"{detector_path}: no such detector (train --verifier --detector-model)")
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
-    data = harvest_candidates(detector_path, frames, config)
+    data = harvest_candidates(detector_path, frames, config, centred_galaxies, centred_shrinks)
     usable = data["labels"] >= 0
     patches, priors = data["patches"][usable], data["priors"][usable]
     labels, frame_index = data["labels"][usable].astype(np.float32), data["frames"][usable]
+    real_galaxies = int((labels[data["centred"][usable]] == 1).sum())
     validation = frame_index % 10 == 0
     if labels[~validation].sum() < 1 or labels[validation].sum() < 1 or (labels == 0).sum() < 1:
         raise GalaxyEdgeError(f"{frames}: too few candidates of both kinds to train a verifier")
@@ -195,6 +249,14 @@ def train_verifier(
         "config": asdict(config),
         "detector": str(detector_path),
         "frames": str(frames),
+        "centred_galaxies": None
+        if centred_galaxies is None
+        else {
+            "folder": str(centred_galaxies),
+            "shrinks": list(centred_shrinks),
+            "part": "training",
+            "real_galaxies": real_galaxies,
+        },
         "candidates": len(labels),
         "galaxy_fraction": float(labels.mean()),
         "validation": {

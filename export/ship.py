@@ -68,6 +68,8 @@ def merge_evaluation(card_path: Path, evaluation_path: Path, key: str = "simulat
             metrics[key]["recall_threshold"] = report.get("score_threshold")
     if "gz2_central" in report:
         metrics["real_gz2_central_galaxy"] = report["gz2_central"]
+    if "gz2_small" in report:
+        metrics["real_gz2_small_galaxies"] = report["gz2_small"]
     if report.get("sky_frames"):
         metrics["real_sky_frames"] = report["sky_frames"]
     card_path.write_text(json.dumps(card, indent=1))

@@ -11,6 +11,7 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
+GZ2_SAMPLES = sorted((REPO / "samples").glob("gz2_*.jpg"))  # real GZ2 images, each centred on its galaxy
 
 # `make test` runs the suite in two processes (pytest-xdist, --dist loadgroup). Tests of one of these
 # modules stay in one process: they share a module fixture that is costly to build twice, or (the Pi

@@ -116,10 +116,13 @@ def test_ship_merges_evaluation_figures_into_the_card(tmp_path: Path) -> None:
                 "data": {"source": "frames", "frames": 4},
                 "coco": {"map50": 0.6, "pr_curve_iou50": [0.5] * 101},
                 "recall_by_size": [{"size": "0-16 px", "count": 3, "recall": 1 / 3}],
+                "gz2_small": {"images": 5, "by_shrink": [{"shrink": 4, "recall": 0.8}]},
             }
         )
     )
-    held_out = json.loads(merge_evaluation(card, evaluation).read_text())["metrics"]["simulated_held_out"]
+    merged = json.loads(merge_evaluation(card, evaluation).read_text())["metrics"]
+    assert merged["real_gz2_small_galaxies"]["by_shrink"][0]["recall"] == 0.8
+    held_out = merged["simulated_held_out"]
     assert held_out["map50"] == 0.6 and "pr_curve_iou50" not in held_out
     assert held_out["recall_by_size"][0]["count"] == 3 and held_out["recall_threshold"] == 0.35
     # A second, larger evaluation goes beside the held-out figures, not over them.

@@ -3,7 +3,7 @@ For points picked by eye on a galaxy each, the best detection containing the poi
 the verifier the detector's card names, and which of them the final threshold keeps; --max-side
 re-scores only candidates under that many pixels (the verifier card's verification.max_side).
 
-  python scripts/probes/verifier_real_frames.py [--max-side PX] [FRAME X,Y [X,Y ...]]
+  python scripts/probes/verifier_real_frames.py [--max-side PX] [--detector M] [FRAME X,Y [X,Y ...]]
 
 Without points: the Hubble sample and the 8 galaxies picked by eye there that tests/test_verifier.py
 checks (longer sides 27-63 pixels; docs/verifier.md).
@@ -39,12 +39,13 @@ def main() -> None:
     parser.add_argument(
         "--max-side", type=float, help="re-score only candidates under this (default: the card's)"
     )
+    parser.add_argument("--detector", type=Path, default=DETECTOR, help="its card names the verifier")
     parser.add_argument("frame", type=Path, nargs="?", default=HUBBLE)
     parser.add_argument("points", nargs="*", help="X,Y in frame pixels")
     args = parser.parse_args()
     points = [tuple(map(float, p.split(","))) for p in args.points] or HUBBLE_GALAXIES
     image = cv2.imread(str(args.frame), cv2.IMREAD_COLOR)
-    verified, alone = Detector(DETECTOR), Detector(DETECTOR, verify=False)
+    verified, alone = Detector(args.detector), Detector(args.detector, verify=False)
     threshold = verified.score_threshold
     if args.max_side is not None:
         verified.verifier.max_side = args.max_side
