@@ -170,27 +170,33 @@ def test_shipped_models_run_the_verbs_on_the_samples(pi_python: Path, tmp_path: 
             for r in found
         ]
 
-    def score_gap(arm: list[dict], x86: list[dict]) -> float:
-        gap = 0.0
+    def score_gap(arm: list[dict], x86: list[dict]) -> tuple[float, str]:
+        """The largest score difference between a confident arm64 detection and the x86 detection
+        that is the same box (IoU >= 0.9), and the pair. One without such a partner is not a score
+        difference: the matched count counts it."""
+        gap, pair = 0.0, "none"
         for a, x in zip(arm, x86, strict=True):
             strong = [d for d in a["detections"] if d["score"] >= 0.5]
             if strong and x["detections"]:
                 overlaps = iou_matrix(
                     np.array([d["box"] for d in strong]), np.array([d["box"] for d in x["detections"]])
                 )
-                partner = [x["detections"][j]["score"] for j in overlaps.argmax(axis=1)]
-                gap = max(gap, *(abs(d["score"] - p) for d, p in zip(strong, partner, strict=True)))
-        return gap
+                for d, row in zip(strong, overlaps, strict=True):
+                    partner = x["detections"][int(row.argmax())]
+                    if row.max() >= 0.9 and abs(d["score"] - partner["score"]) > gap:
+                        gap = abs(d["score"] - partner["score"])
+                        pair = f"arm {d['score']:.3f} {d['box']}, x86 {partner['score']:.3f} {partner['box']}"
+        return gap, pair
 
     step = json.loads((REPO / "models" / "galaxy_detector_int8.json").read_text())["quantization"]["step"]
     # The detector alone: its scores within its card's quantization step.
     arm = records(pi_python, "detect", "--no-verifier")
     x86 = records(sys.executable, "detect", "--no-verifier", "--kernels", "builtin")
     matched, confident, worst = _detections_matched(as_outputs(arm), as_outputs(x86))
-    gap = score_gap(arm, x86)
+    gap, pair = score_gap(arm, x86)
     print(
         f"detect --no-verifier: {matched} of {confident} confident detections at IoU >= 0.9 (worst "
-        f"{worst:.3f}); largest score difference {gap:.4f} (quantization step {step:.4f})"
+        f"{worst:.3f}); largest score difference {gap:.4f} (quantization step {step:.4f}): {pair}"
     )
     # Measured: 41 of 41, worst IoU 0.905, largest score difference 0.026 (the three-phase detector: 56 of
     # 56; with the cut-piece rule of edge/tiling.py at 0.6 of its area, one piece of a round galaxy was
@@ -198,17 +204,19 @@ def test_shipped_models_run_the_verbs_on_the_samples(pi_python: Path, tmp_path: 
     assert confident > 0 and matched == confident and gap <= step
     # With the verifier the card names: nearly the same confident detections. A verified score moves
     # more than a step: the verifier's patch is cut at whole pixels around a box that can move by a
-    # fraction of a pixel between kernels. Measured 137 of 139, largest difference 0.373 (re-scoring under
-    # 64 pixels: 123 of 125, 0.373; the verifier trained on 400 frames: 83 of 83, 0.103; the one on 2,400
-    # scores more steeply); tripwires at that.
+    # fraction of a pixel between kernels. Measured with session 21's verifier (real galaxies in
+    # training): 258 of 261, largest difference 0.411, a box whose centre moved from 583.5 to 583.4
+    # pixels, so its patch by one pixel (0.888 against 0.476). Before it: 137 of 139, 0.373 (re-scoring
+    # under 64 pixels: 123 of 125, 0.373; the verifier trained on 400 frames: 83 of 83, 0.103); those
+    # counted the best-overlapping box even when it was not the same box. Tripwires at that.
     arm, x86 = records(pi_python, "detect"), records(sys.executable, "detect", "--kernels", "builtin")
     matched, confident, worst = _detections_matched(as_outputs(arm), as_outputs(x86))
-    gap = score_gap(arm, x86)
+    gap, pair = score_gap(arm, x86)
     print(
         f"detect: {matched} of {confident} confident detections at IoU >= 0.9 (worst {worst:.3f}); "
-        f"largest score difference {gap:.4f}"
+        f"largest score difference {gap:.4f}: {pair}"
     )
-    assert confident > 0 and matched >= 0.98 * confident and gap <= 0.4
+    assert confident > 0 and matched >= 0.98 * confident and gap <= 0.42
 
     folder = tmp_path / "frames"
     folder.mkdir()
