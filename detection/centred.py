@@ -70,9 +70,10 @@ class Mosaic:
 def mosaics(
     paths: Sequence[Path], shrink: float, frame_size: tuple[int, int] = FRAME_SIZE
 ) -> Iterator[Mosaic]:
-    """Frames of frame_size (width, height) holding the images, each centre-cropped square and shrunk
-    `shrink` times (area averaging), in a grid from the top left; the space the grid leaves is the
-    median colour of the placed images, as sky."""
+    """Frames of frame_size (width, height) holding the images in a grid from the top left, each
+    centre-cropped square and shrunk (area averaging) to cells of the first image's shorter side
+    divided by `shrink` (GZ2's images are all 424 pixels); the space the grid leaves is the median
+    colour of the placed images, as sky."""
     if not paths:
         return
     first = cv2.imread(str(paths[0]), cv2.IMREAD_COLOR)

@@ -110,6 +110,12 @@ def add_verifier_options(parser: argparse.ArgumentParser) -> None:
         help="the detector's scores that the runtime verifies (lower: more candidates, more cost)",
     )
     group.add_argument(
+        "--shift-pixels",
+        type=int,
+        default=0,
+        help="training moves each candidate's patch by up to this many pixels each way (default: none)",
+    )
+    group.add_argument(
         "--centred-galaxies",
         type=Path,
         help="real images each centred on a galaxy (the GZ2 folder): their training part, shrunk into "
@@ -131,13 +137,17 @@ def run_train_verifier(args: argparse.Namespace) -> int:
         raise GalaxyEdgeError("--verifier needs --detector-model DETECTOR.tflite")
     if args.data is None:
         raise GalaxyEdgeError("--verifier needs --data: labelImg frames the detector never trained on")
+    if args.shift_pixels < 0:
+        raise GalaxyEdgeError(f"--shift-pixels {args.shift_pixels}: give 0 or more pixels")
     summary = train_verifier(
         args.detector_model,
         args.data,
         args.out,
         epochs=args.epochs or 8,
         batch_size=args.batch_size or 256,
-        config=VerifierConfig(max_side=args.max_side, candidate_threshold=args.candidate_threshold),
+        config=VerifierConfig(
+            max_side=args.max_side, candidate_threshold=args.candidate_threshold, shift=args.shift_pixels
+        ),
         centred_galaxies=args.centred_galaxies,
         centred_shrinks=args.centred_shrinks,
     )

@@ -37,6 +37,9 @@ class VerifierConfig:
     # the detector invokes' arm64 instructions there (docs/verifier.md).
     candidate_threshold: float = 0.25
     harvest_threshold: float = 0.05  # training sees the detector's candidates down to this score
+    # Training moves each patch by up to this many pixels each way (harvested that much larger): a box
+    # whose centre crosses a half pixel moves the runtime's patch by a whole one (docs/verifier.md).
+    shift: int = 0
 
 
 def harvest_candidates(
@@ -48,10 +51,9 @@ def harvest_candidates(
 ) -> dict[str, np.ndarray]:
     """The detector's candidates on a labelImg folder: patches, priors, labels (1 galaxy, 0 not,
     -1 a `difficult` galaxy, left out of training), the frame index of each and whether it came
-    from a mosaic of centred galaxies. With
-    centred_galaxies, also its training part's real galaxies shrunk into mosaics
-    (detection.centred): the candidate that stands for a cell's galaxy is labelled 1, the other
-    candidates there -1 (unlabelled sources)."""
+    from a mosaic of centred galaxies. With centred_galaxies, also the candidates on mosaics of its
+    training part shrunk by each of centred_shrinks (detection.centred): the one that stands for a
+    cell's galaxy is labelled 1, the others there -1 (unlabelled sources)."""
     import cv2
 
     from annotations.dataset import usable_pairs
@@ -71,7 +73,7 @@ def harvest_candidates(
         found = detect_frame(detector, frame)
         chosen = _verified(found.boxes, found.scores, config, np.inf)
         boxes, scores = found.boxes[chosen], found.scores[chosen]
-        parts["patches"].append(candidate_patches(frame, boxes, config.patch, config.context))
+        parts["patches"].append(candidate_patches(frame, boxes, *harvest_patch(config)))
         parts["priors"].append(candidate_priors(boxes, scores))
         parts["labels"].append(labelled(boxes, scores))
         parts["frames"].append(np.full(len(boxes), len(parts["frames"]), np.int32))
@@ -94,6 +96,28 @@ def harvest_candidates(
             real = int(sum((labels == 1).sum() for labels in parts["labels"][len(pairs) :]))
             print(f"harvest: centred galaxies shrunk {shrink:g}x: {real} real in all", file=sys.stderr)
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+
+
+def harvest_patch(config: VerifierConfig) -> tuple[int, float]:
+    """The side and context of the harvested patches: `shift` pixels larger on every side, the context
+    scaled alike, so the central `patch` pixels are the runtime's patch (exactly, for candidates seen
+    at native scale; larger ones are shrunk from a window 1 + 2 shift / patch times wider)."""
+    side = config.patch + 2 * config.shift
+    return side, config.context * side / config.patch
+
+
+def shifted_views(patches: np.ndarray, patch: int, rng: np.random.Generator) -> np.ndarray:
+    """A `patch`-pixel crop of each harvested patch at a random offset (the central crop is the
+    runtime's patch): the candidate moved by up to the harvest's margin each way."""
+    margin = patches.shape[1] - patch
+    if not margin:
+        return patches
+    offsets = rng.integers(0, margin + 1, (len(patches), 2))
+    views = np.empty((len(patches), patch, patch, patches.shape[3]), patches.dtype)
+    for dy, dx in np.unique(offsets, axis=0):
+        chosen = (offsets[:, 0] == dy) & (offsets[:, 1] == dx)
+        views[chosen] = patches[chosen, dy : dy + patch, dx : dx + patch]
+    return views
 
 
 def _truth_labels(boxes: np.ndarray, scores: np.ndarray, galaxies: list) -> np.ndarray:
@@ -191,8 +215,8 @@ def train_verifier(
     centred_shrinks: Sequence[float] = (),
 ) -> dict:
     """Harvest the detector's candidates on `frames` (and on centred_galaxies' mosaics, see
-    harvest_candidates), train, and write out/verifier.keras (best
-    validation loss; every tenth frame validates), out/verifier.json, out/calibration.npz (training
+    harvest_candidates), train, and write out/verifier.keras (best validation loss; every tenth
+    frame, simulated or mosaic, validates), out/verifier.json, out/calibration.npz (training
     candidates for int8 calibration) and out/validation.npz (for the export's parity check)."""
     import keras
 
@@ -204,6 +228,8 @@ def train_verifier(
     data = harvest_candidates(detector_path, frames, config, centred_galaxies, centred_shrinks)
     usable = data["labels"] >= 0
     patches, priors = data["patches"][usable], data["priors"][usable]
+    margin = config.shift
+    central = patches[:, margin : margin + config.patch, margin : margin + config.patch]
     labels, frame_index = data["labels"][usable].astype(np.float32), data["frames"][usable]
     real_galaxies = int((labels[data["centred"][usable]] == 1).sum())
     validation = frame_index % 10 == 0
@@ -224,12 +250,14 @@ def train_verifier(
     steps = max(1, len(fit_index) // batch_size)
 
     def batches():
-        # A galaxy has no preferred orientation: each batch turns and flips its patches.
+        # A galaxy has no preferred orientation: each batch turns and flips its patches (and moves
+        # them, with config.shift).
         while True:
             order = rng.permutation(fit_index)
             for step in range(steps):
                 take = order[step * batch_size : (step + 1) * batch_size]
-                views = turned(patches[take], priors[take], int(rng.integers(4)), rng.random() < 0.5)
+                moved = shifted_views(patches[take], config.patch, rng)
+                views = turned(moved, priors[take], int(rng.integers(4)), rng.random() < 0.5)
                 yield views, labels[take]
 
     target = out / "verifier.keras"
@@ -237,13 +265,13 @@ def train_verifier(
         batches(),
         steps_per_epoch=steps,
         epochs=epochs,
-        validation_data=((patches[validation], priors[validation]), labels[validation]),
+        validation_data=((central[validation], priors[validation]), labels[validation]),
         callbacks=[keras.callbacks.ModelCheckpoint(target, monitor="val_loss", save_best_only=True)],
         shuffle=False,  # the generator shuffles
         verbose=2,
     )
     best = keras.models.load_model(target)
-    logits = best.predict((patches[validation], priors[validation]), batch_size=1024, verbose=0).reshape(-1)
+    logits = best.predict((central[validation], priors[validation]), batch_size=1024, verbose=0).reshape(-1)
     summary = {
         "task": "verifier",
         "config": asdict(config),
@@ -269,10 +297,10 @@ def train_verifier(
     }
     (out / "verifier.json").write_text(json.dumps(summary, indent=1))
     chosen = rng.choice(fit_index, min(CALIBRATION_CANDIDATES, len(fit_index)), replace=False)
-    np.savez_compressed(out / "calibration.npz", patches=patches[chosen], priors=priors[chosen])
+    np.savez_compressed(out / "calibration.npz", patches=central[chosen], priors=priors[chosen])
     np.savez_compressed(
         out / "validation.npz",
-        patches=patches[validation],
+        patches=central[validation],
         priors=priors[validation],
         labels=labels[validation],
     )

@@ -40,6 +40,34 @@ def test_patches_replicate_the_frame_edge() -> None:
     assert (patch[:, :5, 1] == 100).all() and (patch[:, 5:, 1] == 0).all()
 
 
+def test_harvested_patches_hold_the_runtime_patch_and_move_around_it() -> None:
+    """With `shift`, training harvests larger patches whose central crop is the runtime's patch, and
+    each training view is a crop moved by up to `shift` pixels each way."""
+    from detection.verifier import VerifierConfig, harvest_patch, shifted_views
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 255, (120, 160, 3), np.uint8)
+    boxes = np.array([[50.3, 40.6, 61.8, 52.1], [3.0, 2.0, 12.0, 14.0]], np.float32)  # one by the edge
+    config = VerifierConfig(shift=2)
+    harvested = candidate_patches(frame, boxes, *harvest_patch(config))
+    runtime = candidate_patches(frame, boxes, config.patch, config.context)
+    assert harvested.shape == (2, 36, 36, 3)
+    np.testing.assert_array_equal(harvested[:, 2:34, 2:34], runtime)
+    views = shifted_views(np.repeat(harvested[:1], 200, axis=0), config.patch, rng)
+    offsets = set()
+    for view in views:
+        matches = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if (harvested[0, dy : dy + 32, dx : dx + 32] == view).all()
+        ]
+        assert len(matches) == 1
+        offsets.add(matches[0])
+    assert len(offsets) == 25  # every move of -2..+2 pixels each way
+    assert shifted_views(runtime, config.patch, rng) is runtime  # no margin, no move
+
+
 def test_larger_candidates_are_shrunk_with_their_context() -> None:
     frame = np.full((200, 200, 3), 10, np.uint8)
     frame[80:120, 80:120] = 250  # a 40-pixel square
