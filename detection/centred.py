@@ -74,6 +74,8 @@ def mosaics(
     centre-cropped square and shrunk (area averaging) to cells of the first image's shorter side
     divided by `shrink` (GZ2's images are all 424 pixels); the space the grid leaves is the median
     colour of the placed images, as sky."""
+    if shrink <= 0:
+        raise GalaxyEdgeError(f"shrink {shrink:g}: the images are shrunk by a factor over 0")
     if not paths:
         return
     first = cv2.imread(str(paths[0]), cv2.IMREAD_COLOR)

@@ -139,6 +139,8 @@ def run_train_verifier(args: argparse.Namespace) -> int:
         raise GalaxyEdgeError("--verifier needs --data: labelImg frames the detector never trained on")
     if args.shift_pixels < 0:
         raise GalaxyEdgeError(f"--shift-pixels {args.shift_pixels}: give 0 or more pixels")
+    if any(shrink <= 0 for shrink in args.centred_shrinks):  # before the long harvest, not after it
+        raise GalaxyEdgeError(f"--centred-shrinks {args.centred_shrinks}: give factors over 0")
     summary = train_verifier(
         args.detector_model,
         args.data,

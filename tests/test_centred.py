@@ -54,6 +54,8 @@ def test_mosaics_refuse_images_shrunk_to_nothing(tmp_path: Path) -> None:
     path = _write(tmp_path, "tiny.png", np.zeros((30, 30, 3), np.uint8))
     with pytest.raises(GalaxyEdgeError, match=r"tiny\.png"):
         list(mosaics([path], 8))
+    with pytest.raises(GalaxyEdgeError, match="shrink 0"):
+        list(mosaics([path], 0))
 
 
 def test_the_held_out_part_is_fixed_by_each_name(tmp_path: Path) -> None:

@@ -206,6 +206,15 @@ def test_training_and_export_errors_name_what_is_missing(tmp_path: Path, labelim
         "train", "--verifier", "--detector-model", missing, "--data", labelimg_dir, "--out", tmp_path / "v"
     )
     assert code == 2 and f"{missing}: no such detector" in err
+    for option, value, message in (
+        ("--shift-pixels", "-1", "give 0 or more"),
+        ("--centred-shrinks", "4,0", "over 0"),
+    ):
+        code, _, err = run_cli(
+            "train", "--verifier", "--detector-model", SHIPPED, "--data", labelimg_dir, option, value,
+            "--out", tmp_path / "v",
+        )  # fmt: skip
+        assert code == 2 and message in err, err
     run = tmp_path / "run"
     run.mkdir()
     (run / "verifier.keras").write_bytes(b"")
