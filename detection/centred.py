@@ -31,7 +31,7 @@ CHECK_SHRINKS = (4, 6)  # GZ2's central galaxies come out about 20-45 and 15-30 
 TRAIN_SHRINKS = (3, 4, 5, 6, 8)
 HELD_OUT_EVERY = 3  # one image in three (by a hash of its name) is kept for the check
 # A kept box stands for the cell's galaxy when it contains the cell centre and its longer side spans
-# 6-100 % of the cell (as detection.evaluate.CENTRAL_SIZE_RANGE does for the 424-pixel images).
+# 6-100 % of the cell (the GZ2 central-galaxy check applies it with the whole image as the cell).
 SIZE_RANGE = (0.06, 1.0)
 
 

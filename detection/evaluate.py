@@ -17,13 +17,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detection.centred import centred_images, small_galaxy_recall
+from detection.centred import centre_hits, centred_images, small_galaxy_recall
 from edge.tiling import detect_frame
 from galaxy_edge.errors import GalaxyEdgeError
 
 MAP_SCORE_THRESHOLD = 0.05  # COCO practice: keep low-score detections for the PR curve
-# A GZ2 target is plausible when its box's longer side spans 6-100 % of the 424-pixel image.
-CENTRAL_SIZE_RANGE = (0.06, 1.0)
 
 
 def map_threshold(detector) -> float:
@@ -262,11 +260,9 @@ def gz2_central_recall(detector, folder: Path, threshold: float) -> dict:
         height, width = image.shape[:2]
         found = detect_frame(detector, image)
         boxes = found.boxes[found.scores >= threshold]
-        cx, cy = width / 2, height / 2
-        contains = (boxes[:, 0] <= cx) & (boxes[:, 2] >= cx) & (boxes[:, 1] <= cy) & (boxes[:, 3] >= cy)
-        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / max(width, height)
-        plausible = contains & (side >= CENTRAL_SIZE_RANGE[0]) & (side <= CENTRAL_SIZE_RANGE[1])
-        if plausible.any():
+        # The target: a box over the centre whose longer side spans 6-100 % of the image (one cell).
+        centre = np.array([[width / 2, height / 2]], np.float32)
+        if centre_hits(boxes, centre, max(width, height)).any():
             hits += 1
             others += len(boxes) - 1
         else:

@@ -135,3 +135,19 @@ def test_the_small_galaxy_check_finds_real_galaxies_and_not_blank_sky(tmp_path: 
     _held_out_copies(blank, [_write(tmp_path, "black.jpg", np.full((424, 424, 3), 8, np.uint8))] * 3)
     report = small_galaxy_recall(detector, blank, detector.score_threshold, shrinks=(4,))
     assert report["by_shrink"][0]["recall"] == 0
+
+
+def test_the_central_galaxy_check_uses_the_same_rule_on_whole_images(tmp_path: Path) -> None:
+    """`evaluate --detector --gz2`'s central check: each bundled GZ2 galaxy is under a kept box of
+    plausible size at full size; a blank image has none, and its boxes (if any) count as others."""
+    from detection.evaluate import gz2_central_recall
+    from edge.models import Detector
+
+    detector = Detector(REPO / "models" / "galaxy_detector_int8.tflite", verify=False)
+    for sample in GZ2_SAMPLES:
+        shutil.copy(sample, tmp_path / sample.name)
+    _write(tmp_path, "blank.jpg", np.full((424, 424, 3), 8, np.uint8))
+    report = gz2_central_recall(detector, tmp_path, detector.score_threshold)
+    assert report["count"] == len(GZ2_SAMPLES) + 1
+    assert report["recall"] == pytest.approx(len(GZ2_SAMPLES) / (len(GZ2_SAMPLES) + 1))
+    assert report["missed_examples"] == ["blank.jpg"]

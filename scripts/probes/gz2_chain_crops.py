@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from classification.evaluate import spiral_check
-from detection.evaluate import CENTRAL_SIZE_RANGE
+from detection.centred import SIZE_RANGE as CENTRAL_SIZE_RANGE
 from edge.chain import ChainSettings, square_crop
 from edge.models import Classifier, Detector
 from edge.tiling import detect_frame

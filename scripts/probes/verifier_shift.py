@@ -22,6 +22,7 @@ from annotations.dataset import usable_pairs
 from edge.model_card import card_path
 from edge.models import Detector, candidate_patches, candidate_priors
 from edge.tiling import detect_frame
+from export.verifier import attach_verifier
 
 
 def probabilities(verifier, frame: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -40,13 +41,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
         detectors = [Detector(args.detector)]
-        for other in args.verifier:  # staged beside a copy of the detector, whose card names it
+        for other in args.verifier:  # staged beside a copy of the detector, whose card then names it
             stage = Path(workdir) / other.stem
             stage.mkdir()
-            for path in (args.detector, card_path(args.detector)):
-                shutil.copy(path, stage / path.name)
-            for path in (other, card_path(other)):
-                shutil.copy(path, stage / detectors[0].verifier.path.name.replace(".tflite", path.suffix))
+            for model in (args.detector, other):
+                shutil.copy(model, stage / model.name)
+                shutil.copy(card_path(model), card_path(stage / model.name))
+            attach_verifier(stage / args.detector.name, stage / other.name)
             detectors.append(Detector(stage / args.detector.name))
         alone = Detector(args.detector, verify=False)
         alone.score_threshold = detectors[0].decode_threshold
