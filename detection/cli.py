@@ -116,6 +116,12 @@ def add_verifier_options(parser: argparse.ArgumentParser) -> None:
         help="training moves each candidate's patch by up to this many pixels each way (default: none)",
     )
     group.add_argument(
+        "--no-sky-proposals",
+        action="store_true",
+        help="train on the detector's candidates only, without the small sources found by thresholding "
+        "(edge.proposals); the exported card then leaves them off",
+    )
+    group.add_argument(
         "--centred-galaxies",
         type=Path,
         help="real images each centred on a galaxy (the GZ2 folder): their training part, shrunk into "
@@ -148,7 +154,10 @@ def run_train_verifier(args: argparse.Namespace) -> int:
         epochs=args.epochs or 8,
         batch_size=args.batch_size or 256,
         config=VerifierConfig(
-            max_side=args.max_side, candidate_threshold=args.candidate_threshold, shift=args.shift_pixels
+            max_side=args.max_side,
+            candidate_threshold=args.candidate_threshold,
+            shift=args.shift_pixels,
+            **({"sky_proposals": None} if args.no_sky_proposals else {}),
         ),
         centred_galaxies=args.centred_galaxies,
         centred_shrinks=args.centred_shrinks,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -40,6 +40,15 @@ class VerifierConfig:
     # Training moves each patch by up to this many pixels each way (harvested that much larger): a box
     # whose centre crosses a half pixel moves the runtime's patch by a whole one (docs/verifier.md).
     shift: int = 0
+    # Small sources found by thresholding join the candidates (edge.proposals), in training as at
+    # run time; None: the detector's candidates only.
+    sky_proposals: dict | None = field(default_factory=lambda: _default_sky_proposals())
+
+
+def _default_sky_proposals() -> dict:
+    from edge.proposals import SkyProposalSettings
+
+    return asdict(SkyProposalSettings())
 
 
 def harvest_candidates(
@@ -49,7 +58,8 @@ def harvest_candidates(
     centred_galaxies: Path | None = None,
     centred_shrinks: Sequence[float] = (),
 ) -> dict[str, np.ndarray]:
-    """The detector's candidates on a labelImg folder: patches, priors, labels (1 galaxy, 0 not,
+    """The detector's candidates (and with config.sky_proposals the sources found by thresholding that
+    the runtime adds, at their prior score) on a labelImg folder: patches, priors, labels (1 galaxy, 0 not,
     -1 a `difficult` galaxy, left out of training), the frame index of each and whether it came
     from a mosaic of centred galaxies. With centred_galaxies, also the candidates on mosaics of its
     training part shrunk by each of centred_shrinks (detection.centred): the one that stands for a
@@ -59,10 +69,12 @@ def harvest_candidates(
     from annotations.dataset import usable_pairs
     from detection.centred import centred_images, centred_part, mosaics
     from edge.models import Detector, candidate_patches, candidate_priors
+    from edge.proposals import SkyProposalSettings, proposals_beside
     from edge.tiling import detect_frame
 
     detector = Detector(detector_path, verify=False)
     detector.score_threshold = config.harvest_threshold
+    proposals = SkyProposalSettings.from_card(config.sky_proposals) if config.sky_proposals else None
     pairs = usable_pairs(frames)
     keys = ("patches", "priors", "labels", "frames", "centred")
     parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
@@ -73,6 +85,11 @@ def harvest_candidates(
         found = detect_frame(detector, frame)
         chosen = _verified(found.boxes, found.scores, config, np.inf)
         boxes, scores = found.boxes[chosen], found.scores[chosen]
+        if proposals is not None:  # beside the candidates the runtime verifies, as edge.models does
+            runtime = found.boxes[found.scores >= config.candidate_threshold]
+            extra = proposals_beside(frame, runtime, proposals, config.max_side, detector.iou_threshold)
+            boxes = np.concatenate([boxes, extra]).astype(np.float32)
+            scores = np.concatenate([scores, np.full(len(extra), proposals.prior_score, np.float32)])
         parts["patches"].append(candidate_patches(frame, boxes, *harvest_patch(config)))
         parts["priors"].append(candidate_priors(boxes, scores))
         parts["labels"].append(labelled(boxes, scores))

@@ -44,6 +44,9 @@ def _probe(argv: list[str]) -> None:
     else:
         import cv2
 
+        # OpenCV's worker threads (the sky proposals' filters on a whole frame use them) spin for a
+        # varying number of instructions under emulation; one thread counts the work alone.
+        cv2.setNumThreads(0)
         from edge.chain import Chain, ChainSettings
         from edge.models import Classifier, Detector
         from edge.sources import Frame

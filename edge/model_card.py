@@ -30,7 +30,10 @@ runtime uses are:
                                                       # frames of that size run through it, one invoke
       "verification": {                               # verifiers only (edge.models.Verifier)
         "context": 1.5, "max_side": 32, "max_candidates": 512,
-        "candidate_threshold": 0.05, "score_threshold": 0.35
+        "candidate_threshold": 0.05, "score_threshold": 0.35,
+        "sky_proposals": {"smoothing_sigma": 1.0, "high_sigma": 6.0,   # optional: small sources found
+          "low_sigma": 3.0, "min_area": 5, "background_mesh": 64,      # by thresholding join the
+          "prior_score": 0.05, "max_proposals": 128}                   # candidates (edge.proposals)
       },
       "resolution_floor_px": 32,                      # classifiers, optional: detections whose box's
                                                       # longer side is under this are "unresolved", not

@@ -14,6 +14,7 @@ import numpy as np
 
 from edge.interpreter import ModelError, load_interpreter
 from edge.model_card import ModelCard, read_model_card
+from edge.proposals import SkyProposalSettings, proposals_beside
 from edge.resize import area_shrink
 from edge.tracking import intersection_over_smaller, iou_matrix
 
@@ -309,10 +310,21 @@ class Detector(TFLiteModel):
         order = np.argsort(-found.scores, kind="stable")
         return found.select(order[found.scores[order] >= self.score_threshold])
 
+    def with_proposals(self, frame_bgr: np.ndarray, found: Detections) -> Detections:
+        """found and, after them, the verifier's sky proposals in frame_bgr (when its card asks for
+        them; edge.proposals.proposals_beside, with this detector's NMS threshold as the overlap) at
+        the card's prior score, class 0."""
+        settings = self.verifier.sky_proposals if self.verifier is not None else None
+        if settings is None:
+            return found
+        boxes = proposals_beside(frame_bgr, found.boxes, settings, self.verifier.max_side, self.iou_threshold)
+        scores = np.full(len(boxes), settings.prior_score, np.float32)
+        return Detections.concatenate([found, Detections(boxes, scores, np.zeros(len(boxes), np.int32))])
+
     def finish(self, frame_bgr: np.ndarray, found: Detections) -> Detections:
-        """The frame's detections after the verifier's second look and the score threshold: the last
-        step of every whole-frame detection."""
-        return self.keep_confident(self.rescore(frame_bgr, found))
+        """The frame's detections after the verifier's second look (at the detector's candidates and
+        the sky proposals) and the score threshold: the last step of every whole-frame detection."""
+        return self.keep_confident(self.rescore(frame_bgr, self.with_proposals(frame_bgr, found)))
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:
         """Detections in a whole frame resized to the input (no tiling), verified."""
@@ -444,7 +456,8 @@ class Verifier(TFLiteModel):
     """A second look at a detector's candidates: a small CNN scores each candidate's own pixels
     (candidate_patches) together with the detector's logit and the box size (candidate_priors,
     its second input). It replaces the scores of up to `max_candidates` candidates under
-    `max_side` pixels (the highest-scoring first); the others keep the detector's."""
+    `max_side` pixels (the highest-scoring first); the others keep the detector's. When its card
+    has `sky_proposals`, small sources found by thresholding (edge.proposals) join the candidates."""
 
     task = "verifier"
     exact_shrink = True
@@ -461,6 +474,12 @@ class Verifier(TFLiteModel):
         self.score_threshold = float(spec["score_threshold"])
         if self.other_inputs and list(self.other_inputs[0]["shape"]) != [self.batch, 3]:
             raise ModelError(f"{self.path}: the priors input must be ({self.batch}, 3)")
+        self.sky_proposals: SkyProposalSettings | None = None
+        if spec.get("sky_proposals") is not None:
+            try:
+                self.sky_proposals = SkyProposalSettings.from_card(dict(spec["sky_proposals"]))
+            except (TypeError, ValueError) as error:
+                raise ModelError(f"{self.card.path}: bad verification.sky_proposals: {error}") from None
 
     def _quantized_priors(self, priors: np.ndarray) -> np.ndarray:
         detail = self.other_inputs[0]

@@ -167,9 +167,11 @@ class RollingTiles:
     the same and the whole field is refreshed every ceil(tiles / per_frame) frames. For a
     telescope's field, which moves slowly if at all, that holds a camera's frame rate on a
     small CPU where all tiles of every frame would not. The first frame runs all tiles. The
-    card's overview pass, when it asks for one, takes its turn as one more tile."""
+    card's overview pass and the verifier's sky proposals, when the cards ask for them, take their
+    turns as more tiles."""
 
     OVERVIEW = (-1, -1, -1, -1)  # the overview pass's place in the rotation
+    PROPOSALS = (-2, -2, -2, -2)  # the sky proposals' (edge.proposals), over the whole frame
 
     def __init__(self, detector: Detector, per_frame: int) -> None:
         self.detector, self.per_frame = detector, max(1, per_frame)
@@ -184,7 +186,11 @@ class RollingTiles:
             self.tiles = tile_layout(self.detector, frame_bgr.shape)
             if self.detector.overview_min_side:
                 self.tiles.append(self.OVERVIEW)
-            self.latest = [self._detect_verified(frame_bgr, tile) for tile in self.tiles]
+            if self.detector.verifier is not None and self.detector.verifier.sky_proposals is not None:
+                self.tiles.append(self.PROPOSALS)
+            self.latest = [None] * len(self.tiles)
+            for k, tile in enumerate(self.tiles):  # in turn: the proposals' turn reads the tiles' results
+                self.latest[k] = self._detect_verified(frame_bgr, tile)
             self.cursor = 0
         else:
             for _ in range(min(self.per_frame, len(self.tiles))):
@@ -199,6 +205,13 @@ class RollingTiles:
         # a frame costs only its refreshed tiles' verification too.
         if tile == self.OVERVIEW:
             found, cut = detect_overview(self.detector, frame_bgr)
+        elif tile == self.PROPOSALS:
+            # Against the tiles' latest candidates, as a whole frame's proposals are against its own.
+            others = Detections.concatenate(
+                [part[0] for k, part in enumerate(self.latest) if part and self.tiles[k] != tile]
+            )
+            found = self.detector.with_proposals(frame_bgr, others).select(slice(len(others), None))
+            cut = np.zeros(len(found), bool)
         else:
             found, cut = detect_tile(self.detector, frame_bgr, tile)
         return self.detector.rescore(frame_bgr, found), cut

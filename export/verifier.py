@@ -4,11 +4,13 @@ priors), the runtime's settings in its card, and its name in its detector's card
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from edge.model_card import FORMAT_VERSION, card_path
+from edge.proposals import SkyProposalSettings
 from export.card import save_card, tensor_facts
 from galaxy_edge.errors import GalaxyEdgeError
 
@@ -62,6 +64,9 @@ def export_verifier(
             "max_candidates": config["max_candidates"],
             "candidate_threshold": config["candidate_threshold"],
             "score_threshold": score_threshold,
+            # Small sources the detector did not propose, found by thresholding (docs/verifier.md, "Sky
+            # proposals"): as trained (a verifier trained before them gets the defaults); null: off.
+            "sky_proposals": config.get("sky_proposals", asdict(SkyProposalSettings())),
         },
         "training": {k: v for k, v in summary.items() if k != "history"},
         "calibration": {"count": count * BATCH, "source": "training candidates (calibration.npz)"},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,39 @@ def test_training_and_export_errors_name_what_is_missing(tmp_path: Path, labelim
     assert code == 2 and f"{run / 'calibration.npz'}: not found" in err
 
 
+def test_the_harvest_adds_the_sky_proposals_the_runtime_adds(tmp_path: Path, run_cli) -> None:
+    """Training sees what the runtime verifies: the detector's candidates and, beside those it
+    verifies, the sky proposals at their prior score (a proposal on a galaxy labelled one)."""
+    from detection.verifier import VerifierConfig, harvest_candidates
+    from edge.proposals import SkyProposalSettings
+
+    code, _, _ = run_cli("simulate", "frames", "--n", "2", "--seed", "4322", "--out", str(tmp_path / "f"))
+    assert code == 0
+    plain = harvest_candidates(SHIPPED, tmp_path / "f", VerifierConfig(sky_proposals=None))
+    config = VerifierConfig()
+    assert config.sky_proposals == asdict(SkyProposalSettings())
+    both = harvest_candidates(SHIPPED, tmp_path / "f", config)
+    rows = _plain_rows(both, plain)  # each frame's detector candidates come first
+    for key in ("labels", "frames", "priors"):
+        assert np.array_equal(both[key][rows], plain[key])
+    extra = np.setdiff1d(np.arange(len(both["labels"])), rows)
+    prior = config.sky_proposals["prior_score"]
+    assert 0 < len(extra) <= 2 * config.sky_proposals["max_proposals"]
+    assert np.allclose(both["priors"][extra, 0], np.log(prior / (1 - prior)), atol=1e-5)
+    assert (both["priors"][extra, 1:] < np.log2(config.max_side) - 4).all()  # all under max_side
+    assert (both["labels"][extra] == 1).any()  # some are galaxies the detector did not propose
+
+
+def _plain_rows(both: dict, plain: dict) -> np.ndarray:
+    """Rows of `both` that are the detector's candidates: each frame's first ones."""
+    return np.concatenate(
+        [
+            np.flatnonzero(both["frames"] == k)[: (plain["frames"] == k).sum()]
+            for k in np.unique(plain["frames"])
+        ]
+    )
+
+
 @pytest.mark.slow
 def test_train_and_export_a_verifier_for_the_shipped_detector(tmp_path: Path, run_cli) -> None:
     """`train --verifier` on a few simulated frames, then `export --detector`: the copy of the
@@ -276,6 +310,9 @@ def test_train_and_export_a_verifier_for_the_shipped_detector(tmp_path: Path, ru
         str(models / "v_int8.tflite"),
     )
     assert code == 0 and "Edge TPU ready: yes" in out
+    # Trained with the sky proposals beside the candidates, so the card turns them on, as trained.
+    verification = json.loads((models / "v_int8.json").read_text())["verification"]
+    assert verification["sky_proposals"] == summary["config"]["sky_proposals"] is not None
     metrics = json.loads((models / "v_int8.json").read_text())["metrics"]
     assert abs(metrics["int8_auc"] - metrics["float32_auc"]) < 0.02
     detector = Detector(models / "galaxy_detector_int8.tflite")
