@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.proposals import SkyProposalSettings
 from galaxy_edge.errors import GalaxyEdgeError
 
 CALIBRATION_CANDIDATES = 2048  # training candidates kept for int8 calibration (the export draws from them)
@@ -42,13 +43,7 @@ class VerifierConfig:
     shift: int = 0
     # Small sources found by thresholding join the candidates (edge.proposals), in training as at
     # run time; None: the detector's candidates only.
-    sky_proposals: dict | None = field(default_factory=lambda: _default_sky_proposals())
-
-
-def _default_sky_proposals() -> dict:
-    from edge.proposals import SkyProposalSettings
-
-    return asdict(SkyProposalSettings())
+    sky_proposals: dict | None = field(default_factory=lambda: asdict(SkyProposalSettings()))
 
 
 def harvest_candidates(
@@ -69,7 +64,7 @@ def harvest_candidates(
     from annotations.dataset import usable_pairs
     from detection.centred import centred_images, centred_part, mosaics
     from edge.models import Detector, candidate_patches, candidate_priors
-    from edge.proposals import SkyProposalSettings, proposals_beside
+    from edge.proposals import proposals_beside
     from edge.tiling import detect_frame
 
     detector = Detector(detector_path, verify=False)
