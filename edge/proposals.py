@@ -19,8 +19,9 @@ import numpy as np
 
 from edge.tracking import iou_matrix
 
-# Every so many pixels of a mesh cell (and of the frame, for the noise) enter the medians: the same
-# figures within a few per cent at a sixteenth of the cost.
+# Every so many pixels each way of a mesh cell (and of the frame, for the noise) enter the medians, a
+# sixteenth of the sorting. Against every pixel, on two simulated frames and the Hubble sample, the
+# number of proposals moved by 1 % and 76-87 % of the boxes stayed identical (the rest a pixel or so).
 SAMPLE_STEP = 4
 
 
