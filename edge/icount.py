@@ -41,6 +41,16 @@ def _probe(argv: list[str]) -> None:
         interpreter.invoke()  # warm-up: allocation and weight packing
         for _ in range(count):
             interpreter.invoke()
+    elif mode == "proposals":  # the sky proposals' filters and regions on one frame (edge.proposals)
+        import cv2
+
+        from edge.proposals import SkyProposalSettings, sky_proposals
+
+        cv2.setNumThreads(0)  # as for the chain, below
+        image, settings = cv2.imread(rest[0]), SkyProposalSettings()
+        sky_proposals(image, settings)  # warm-up
+        for _ in range(int(rest[1])):
+            sky_proposals(image, settings)
     else:
         import cv2
 
