@@ -51,7 +51,7 @@ lint: $(ALL_STAMP)
 
 test: $(ALL_STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -16,5 +17,9 @@ def ordered_map(
     if workers == 1 or len(jobs) <= 1:
         yield from map(function, jobs)
         return
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+    # Spawned, not forked: a fork copies a process's locks but not its threads, so a child hangs
+    # where the caller had used OpenMP (GalSim), OpenCV's or TensorFlow's thread pools. The test
+    # suite's workers have used all three.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context) as pool:
         yield from pool.map(function, jobs)
