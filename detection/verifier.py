@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.proposals import SkyProposalSettings
+from edge.psf import PsfMeasurement
 from galaxy_edge.errors import GalaxyEdgeError
 
 CALIBRATION_CANDIDATES = 2048  # training candidates kept for int8 calibration (the export draws from them)
@@ -52,26 +53,28 @@ def harvest_candidates(
     config: VerifierConfig,
     centred_galaxies: Path | None = None,
     centred_shrinks: Sequence[float] = (),
+    psf: PsfMeasurement | None = None,
 ) -> dict[str, np.ndarray]:
     """The detector's candidates (and with config.sky_proposals the sources found by thresholding that
     the runtime adds, at their prior score) on a labelImg folder: patches, priors, labels (1 galaxy, 0 not,
-    -1 a `difficult` galaxy, left out of training), the frame index of each and whether it came
-    from a mosaic of centred galaxies. With centred_galaxies, also the candidates on mosaics of its
-    training part shrunk by each of centred_shrinks (detection.centred): the one that stands for a
-    cell's galaxy is labelled 1, the others there -1 (unlabelled sources)."""
+    -1 a `difficult` galaxy, left out of training), the frame index of each, whether it came from a
+    mosaic of centred galaxies and (with `psf`) its frame's PSF width (edge.psf; else NaN). With
+    centred_galaxies, also the candidates on mosaics of its training part shrunk by each of
+    centred_shrinks (detection.centred): the one that stands for a cell's galaxy is labelled 1, the
+    others there -1 (unlabelled sources)."""
     import cv2
 
     from annotations.dataset import usable_pairs
     from detection.centred import centred_images, centred_part, mosaics
     from edge.models import Detector, candidate_patches, candidate_priors
-    from edge.proposals import proposals_beside
+    from edge.proposals import proposals_beside, sky_sources
     from edge.tiling import detect_frame
 
     detector = Detector(detector_path, verify=False)
     detector.score_threshold = config.harvest_threshold
     proposals = SkyProposalSettings.from_card(config.sky_proposals) if config.sky_proposals else None
     pairs = usable_pairs(frames)
-    keys = ("patches", "priors", "labels", "frames", "centred")
+    keys = ("patches", "priors", "labels", "frames", "centred", "psf")
     parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
 
     def add(frame: np.ndarray, labelled, centred: bool = False) -> None:
@@ -80,9 +83,11 @@ def harvest_candidates(
         found = detect_frame(detector, frame)
         chosen = _verified(found.boxes, found.scores, config, np.inf)
         boxes, scores = found.boxes[chosen], found.scores[chosen]
+        # One pass over the sky for proposals and the PSF, as the runtime's Verifier.sky.
+        sky = sky_sources(frame, proposals or SkyProposalSettings(), psf) if proposals or psf else None
         if proposals is not None:  # beside the candidates the runtime verifies, as edge.models does
             runtime = found.boxes[found.scores >= config.candidate_threshold]
-            extra = proposals_beside(frame, runtime, proposals, config.max_side, detector.iou_threshold)
+            extra = proposals_beside(sky.boxes, runtime, proposals, config.max_side, detector.iou_threshold)
             boxes = np.concatenate([boxes, extra]).astype(np.float32)
             scores = np.concatenate([scores, np.full(len(extra), proposals.prior_score, np.float32)])
         parts["patches"].append(candidate_patches(frame, boxes, *harvest_patch(config)))
@@ -90,6 +95,7 @@ def harvest_candidates(
         parts["labels"].append(labelled(boxes, scores))
         parts["frames"].append(np.full(len(boxes), len(parts["frames"]), np.int32))
         parts["centred"].append(np.full(len(boxes), centred))
+        parts["psf"].append(np.full(len(boxes), sky.psf_fwhm if sky is not None else np.nan, np.float32))
 
     for index, (image_path, annotation) in enumerate(pairs):
         frame = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
@@ -317,6 +323,67 @@ def train_verifier(
         labels=labels[validation],
     )
     return summary
+
+
+def fit_psf_calibration(
+    detector_path: Path, verifier_path: Path, frames: Path, measurement: PsfMeasurement | None = None
+) -> dict:
+    """A verifier card's `verification.psf_calibration` (edge.psf): a quadratic logistic model of
+    whether a candidate the runtime re-scores is a galaxy, given the exported verifier's logit, the
+    box's size and the frame's PSF width, fitted on a labelImg folder of frames the verifier never
+    trained on (its own validation frames would flatter its logits). Candidates as the runtime
+    verifies them: the detector's from the verifier's candidate threshold and the sky proposals, under
+    its max_side, on frames whose PSF could be measured. The entry holds the fit's figures too."""
+    from sklearn.linear_model import LogisticRegression
+
+    from edge.models import Verifier
+    from edge.psf import FEATURE_COUNT, psf_features
+
+    measurement = measurement or PsfMeasurement()
+    verifier = Verifier(verifier_path)
+    proposals = verifier.sky_proposals
+    config = VerifierConfig(
+        patch=verifier.patch,
+        context=verifier.context,
+        max_side=verifier.max_side,
+        max_candidates=verifier.max_candidates,
+        candidate_threshold=verifier.candidate_threshold,
+        harvest_threshold=verifier.candidate_threshold,
+        sky_proposals=None if proposals is None else asdict(proposals),
+    )
+    data = harvest_candidates(detector_path, frames, config, psf=measurement)
+    side_term = data["priors"][:, 1:3].max(axis=1) if len(data["labels"]) else np.zeros(0)
+    usable = (side_term < np.log2(verifier.max_side) - 4) & (data["labels"] >= 0) & np.isfinite(data["psf"])
+    labels = data["labels"][usable].astype(np.int32)
+    if labels.sum() < FEATURE_COUNT or (labels == 0).sum() < FEATURE_COUNT:
+        raise GalaxyEdgeError(f"{frames}: too few verified candidates of both kinds to fit a PSF calibration")
+    priors, psf = data["priors"][usable], data["psf"][usable]
+    logits = verifier.logits(data["patches"][usable], priors)
+    features = psf_features(logits, priors, psf)
+    # Standardised for the solver, then folded back: the card holds weights of the raw features.
+    mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-12
+    model = LogisticRegression(C=1.0, max_iter=5000).fit((features - mean) / scale, labels)
+    coefficients = model.coef_[0] / scale
+    intercept = float(model.intercept_[0] - (coefficients * mean).sum())
+    calibrated = features @ coefficients + intercept
+    frame_psf = np.full(int(data["frames"].max()) + 1, np.nan)
+    frame_psf[data["frames"]] = data["psf"]  # frames without candidates stay unmeasured
+    measured = np.isfinite(frame_psf)
+    quartiles = np.quantile(frame_psf[measured], [0.25, 0.5, 0.75])
+    return {
+        "intercept": intercept,
+        "coefficients": [float(c) for c in coefficients],
+        "measurement": asdict(measurement),
+        "fitted_on": {
+            "frames": str(frames),
+            "frames_with_psf": f"{int(measured.sum())} of {len(frame_psf)}",
+            "psf_fwhm_quartiles": [round(float(q), 2) for q in quartiles],
+            "candidates": len(labels),
+            "galaxies": int(labels.sum()),
+            "auc_verifier": _auc(labels, logits),
+            "auc_calibrated": _auc(labels, calibrated),
+        },
+    }
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float:

@@ -14,7 +14,8 @@ import numpy as np
 
 from edge.interpreter import ModelError, load_interpreter
 from edge.model_card import ModelCard, read_model_card
-from edge.proposals import SkyProposalSettings, proposals_beside
+from edge.proposals import SkyProposalSettings, SkySources, proposals_beside, sky_sources
+from edge.psf import PsfCalibration
 from edge.resize import area_shrink
 from edge.tracking import intersection_over_smaller, iou_matrix
 
@@ -296,11 +297,12 @@ class Detector(TFLiteModel):
             return self.score_threshold
         return self.verifier.candidate_threshold
 
-    def rescore(self, frame_bgr: np.ndarray, found: Detections) -> Detections:
-        """The verifier's second look at detections in frame_bgr's pixels (when the card names one)."""
+    def rescore(self, frame_bgr: np.ndarray, found: Detections, psf_fwhm: float = float("nan")) -> Detections:
+        """The verifier's second look at detections in frame_bgr's pixels (when the card names one),
+        with the frame's PSF width where its card calibrates with it (Verifier.rescore)."""
         if self.verifier is None or not len(found):
             return found
-        return self.verifier.rescore(frame_bgr, found)
+        return self.verifier.rescore(frame_bgr, found, psf_fwhm)
 
     def keep_confident(self, found: Detections) -> Detections:
         """Verified detections at the score threshold or above, best first (unverified ones were
@@ -310,21 +312,28 @@ class Detector(TFLiteModel):
         order = np.argsort(-found.scores, kind="stable")
         return found.select(order[found.scores[order] >= self.score_threshold])
 
-    def with_proposals(self, frame_bgr: np.ndarray, found: Detections) -> Detections:
-        """found and, after them, the verifier's sky proposals in frame_bgr (when its card asks for
-        them; edge.proposals.proposals_beside, with this detector's NMS threshold as the overlap) at
-        the card's prior score, class 0."""
+    def sky(self, frame_bgr: np.ndarray) -> SkySources | None:
+        """The verifier's pass over frame_bgr's sky (Verifier.sky), None without one."""
+        return self.verifier.sky(frame_bgr) if self.verifier is not None else None
+
+    def with_proposals(self, found: Detections, sky: SkySources | None) -> Detections:
+        """found and, after them, the verifier's sky proposals among sky's sources (when its card asks
+        for them; edge.proposals.proposals_beside, with this detector's NMS threshold as the overlap)
+        at the card's prior score, class 0."""
         settings = self.verifier.sky_proposals if self.verifier is not None else None
-        if settings is None:
+        if settings is None or sky is None:
             return found
-        boxes = proposals_beside(frame_bgr, found.boxes, settings, self.verifier.max_side, self.iou_threshold)
+        boxes = proposals_beside(sky.boxes, found.boxes, settings, self.verifier.max_side, self.iou_threshold)
         scores = np.full(len(boxes), settings.prior_score, np.float32)
         return Detections.concatenate([found, Detections(boxes, scores, np.zeros(len(boxes), np.int32))])
 
     def finish(self, frame_bgr: np.ndarray, found: Detections) -> Detections:
         """The frame's detections after the verifier's second look (at the detector's candidates and
-        the sky proposals) and the score threshold: the last step of every whole-frame detection."""
-        return self.keep_confident(self.rescore(frame_bgr, self.with_proposals(frame_bgr, found)))
+        the sky proposals, with the frame's PSF width) and the score threshold: the last step of every
+        whole-frame detection."""
+        sky = self.sky(frame_bgr)
+        psf_fwhm = sky.psf_fwhm if sky is not None else float("nan")
+        return self.keep_confident(self.rescore(frame_bgr, self.with_proposals(found, sky), psf_fwhm))
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:
         """Detections in a whole frame resized to the input (no tiling), verified."""
@@ -475,11 +484,22 @@ class Verifier(TFLiteModel):
         if self.other_inputs and list(self.other_inputs[0]["shape"]) != [self.batch, 3]:
             raise ModelError(f"{self.path}: the priors input must be ({self.batch}, 3)")
         self.sky_proposals: SkyProposalSettings | None = None
-        if spec.get("sky_proposals") is not None:
-            try:
+        self.psf_calibration: PsfCalibration | None = None
+        try:
+            if spec.get("sky_proposals") is not None:
                 self.sky_proposals = SkyProposalSettings.from_card(dict(spec["sky_proposals"]))
-            except (TypeError, ValueError) as error:
-                raise ModelError(f"{self.card.path}: bad verification.sky_proposals: {error}") from None
+            if spec.get("psf_calibration") is not None:
+                self.psf_calibration = PsfCalibration.from_card(dict(spec["psf_calibration"]))
+        except (TypeError, ValueError) as error:
+            raise ModelError(f"{self.card.path}: bad verification settings: {error}") from None
+
+    def sky(self, frame_bgr: np.ndarray) -> SkySources | None:
+        """One pass over frame_bgr's sky (edge.proposals.sky_sources) when the card asks for proposals
+        or a PSF calibration, with the sky proposals' segmentation (its defaults without them)."""
+        if self.sky_proposals is None and self.psf_calibration is None:
+            return None
+        measurement = self.psf_calibration.measurement if self.psf_calibration is not None else None
+        return sky_sources(frame_bgr, self.sky_proposals or SkyProposalSettings(), measurement)
 
     def _quantized_priors(self, priors: np.ndarray) -> np.ndarray:
         detail = self.other_inputs[0]
@@ -511,8 +531,9 @@ class Verifier(TFLiteModel):
             logits[start : start + len(chunk)] = self.invoke(tensor, others)[0].reshape(-1)[: len(chunk)]
         return logits
 
-    def rescore(self, frame_bgr: np.ndarray, found: Detections) -> Detections:
-        """The detections with the chosen candidates' scores replaced by the verifier's."""
+    def rescore(self, frame_bgr: np.ndarray, found: Detections, psf_fwhm: float = float("nan")) -> Detections:
+        """The detections with the chosen candidates' scores replaced by the verifier's: with a PSF
+        calibration and a measured PSF width, its re-scoring of the verifier's logit (edge.psf)."""
         sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
         chosen = np.flatnonzero(sides < self.max_side)
         chosen = chosen[np.argsort(-found.scores[chosen], kind="stable")[: self.max_candidates]]
@@ -520,7 +541,11 @@ class Verifier(TFLiteModel):
             return found
         boxes, scores = found.boxes[chosen], found.scores[chosen]
         patches = candidate_patches(frame_bgr, boxes, self.patch, self.context)
-        logit = self.logits(patches, candidate_priors(boxes, scores))
+        priors = candidate_priors(boxes, scores)
+        logit = self.logits(patches, priors)
         rescored = found.scores.copy()
-        rescored[chosen] = 1 / (1 + np.exp(-logit))
+        if self.psf_calibration is not None and np.isfinite(psf_fwhm):
+            rescored[chosen] = self.psf_calibration.scores(logit, priors, psf_fwhm)
+        else:
+            rescored[chosen] = 1 / (1 + np.exp(-logit))
         return Detections(found.boxes, rescored.astype(np.float32), found.class_ids)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from edge.psf import PsfMeasurement, psf_fwhm
 from edge.tracking import iou_matrix
 
 # Every so many pixels each way of a mesh cell (and of the frame, for the noise) enter the medians, a
@@ -75,20 +76,32 @@ def sky_background(gray: np.ndarray, mesh: int) -> np.ndarray:
     return sky[mesh : mesh + height, mesh : mesh + width]
 
 
-def sky_proposals(frame_bgr: np.ndarray, settings: SkyProposalSettings) -> np.ndarray:
-    """(N, 4) float32 boxes [x1, y1, x2, y2] in frame pixels, one per source found, the highest
-    largest first (the caller keeps max_proposals of those it wants: specks of a few pixels are mostly
-    noise and stars, and on simulated frames dropping them first costs nothing)."""
+@dataclass(frozen=True)
+class SkySources:
+    """What one pass over a frame's sky finds: its sources' boxes (N, 4) float32 [x1, y1, x2, y2], the
+    largest first, and the PSF's FWHM in pixels (edge.psf; NaN when not asked for or not measurable)."""
+
+    boxes: np.ndarray
+    psf_fwhm: float = float("nan")
+
+
+def sky_sources(
+    frame_bgr: np.ndarray, settings: SkyProposalSettings, psf: PsfMeasurement | None = None
+) -> SkySources:
+    """The frame's sources, one box per connected region above low_sigma that peaks above high_sigma and
+    has min_area pixels, the largest first (the caller keeps max_proposals of those it wants: specks of
+    a few pixels are mostly noise and stars, and on simulated frames dropping them first costs
+    nothing); with `psf`, also the PSF's width measured on the same segmentation."""
     if frame_bgr.ndim == 2:
         gray = frame_bgr.astype(np.float32)
     else:
         gray = cv2.cvtColor(frame_bgr.astype(np.float32), cv2.COLOR_BGR2GRAY)
-    filtered = cv2.GaussianBlur(gray - sky_background(gray, settings.background_mesh), (0, 0),
-                                settings.smoothing_sigma)  # fmt: skip
+    residual = gray - sky_background(gray, settings.background_mesh)
+    filtered = cv2.GaussianBlur(residual, (0, 0), settings.smoothing_sigma)
     sample = filtered[::SAMPLE_STEP, ::SAMPLE_STEP]
     noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
     if noise <= 0:  # a flat or synthetic image: no noise to measure sources against
-        return np.zeros((0, 4), np.float32)
+        return SkySources(np.zeros((0, 4), np.float32))
     regions = (filtered > settings.low_sigma * noise).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(regions, connectivity=8)
     peaked = np.zeros(count, bool)
@@ -99,21 +112,28 @@ def sky_proposals(frame_bgr: np.ndarray, settings: SkyProposalSettings) -> np.nd
     chosen = chosen[np.argsort(-areas[chosen], kind="stable")]
     left, top = stats[chosen, cv2.CC_STAT_LEFT], stats[chosen, cv2.CC_STAT_TOP]
     right, bottom = left + stats[chosen, cv2.CC_STAT_WIDTH], top + stats[chosen, cv2.CC_STAT_HEIGHT]
-    return np.column_stack([left, top, right, bottom]).astype(np.float32).reshape(-1, 4)
+    boxes = np.column_stack([left, top, right, bottom]).astype(np.float32).reshape(-1, 4)
+    fwhm = psf_fwhm(gray, residual, labels, stats, noise, psf) if psf is not None else float("nan")
+    return SkySources(boxes, fwhm)
+
+
+def sky_proposals(frame_bgr: np.ndarray, settings: SkyProposalSettings) -> np.ndarray:
+    """sky_sources' boxes."""
+    return sky_sources(frame_bgr, settings).boxes
 
 
 def proposals_beside(
-    frame_bgr: np.ndarray,
+    sources: np.ndarray,
     candidates: np.ndarray,
     settings: SkyProposalSettings,
     max_side: float,
     overlap: float,
 ) -> np.ndarray:
-    """The sky proposals a verifier judges beside a detector's candidate boxes (N, 4): those under
-    max_side that overlap no candidate at IoU `overlap` or more (the candidate is that source, and
-    no later NMS has to choose between them), the largest max_proposals."""
-    boxes = sky_proposals(frame_bgr, settings)
-    boxes = boxes[np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) < max_side]
+    """The sky proposals a verifier judges beside a detector's candidate boxes (N, 4), from a frame's
+    source boxes (sky_sources): those under max_side that overlap no candidate at IoU `overlap` or more
+    (the candidate is that source, and no later NMS has to choose between them), the largest
+    max_proposals."""
+    boxes = sources[np.maximum(sources[:, 2] - sources[:, 0], sources[:, 3] - sources[:, 1]) < max_side]
     if len(candidates) and len(boxes):
         boxes = boxes[iou_matrix(boxes, np.asarray(candidates, np.float32)).max(axis=1) < overlap]
     return boxes[: settings.max_proposals]

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 
 from edge.models import Detections, Detector, non_max_suppression, resize_like_runtime
+from edge.proposals import SkySources
 from edge.tracking import intersection_over_smaller
 
 EDGE_MARGIN = 2.0  # pixels: a box this close to an inner tile border was cut by it
@@ -167,11 +168,11 @@ class RollingTiles:
     the same and the whole field is refreshed every ceil(tiles / per_frame) frames. For a
     telescope's field, which moves slowly if at all, that holds a camera's frame rate on a
     small CPU where all tiles of every frame would not. The first frame runs all tiles. The
-    card's overview pass and the verifier's sky proposals, when the cards ask for them, take their
-    turns as more tiles."""
+    card's overview pass and the verifier's pass over the sky (its proposals and the PSF width), when
+    the cards ask for them, take their turns as more tiles."""
 
     OVERVIEW = (-1, -1, -1, -1)  # the overview pass's place in the rotation
-    PROPOSALS = (-2, -2, -2, -2)  # the sky proposals' (edge.proposals), over the whole frame
+    SKY = (-2, -2, -2, -2)  # the verifier's pass over the whole frame's sky (Verifier.sky)
 
     def __init__(self, detector: Detector, per_frame: int) -> None:
         self.detector, self.per_frame = detector, max(1, per_frame)
@@ -179,6 +180,7 @@ class RollingTiles:
         self.tiles: list[tuple[int, int, int, int]] = []
         self.latest: list[tuple[Detections, np.ndarray] | None] = []
         self.cursor = 0
+        self.sky: SkySources | None = None  # the latest pass: its PSF width serves every tile's verification
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:
         if frame_bgr.shape != self.shape:
@@ -186,11 +188,12 @@ class RollingTiles:
             self.tiles = tile_layout(self.detector, frame_bgr.shape)
             if self.detector.overview_min_side:
                 self.tiles.append(self.OVERVIEW)
-            if self.detector.verifier is not None and self.detector.verifier.sky_proposals is not None:
-                self.tiles.append(self.PROPOSALS)
+            self.sky = self.detector.sky(frame_bgr)  # before the tiles: they are verified with its PSF
+            if self.sky is not None:
+                self.tiles.append(self.SKY)
             self.latest = [None] * len(self.tiles)
-            for k, tile in enumerate(self.tiles):  # in turn: the proposals' turn reads the tiles' results
-                self.latest[k] = self._detect_verified(frame_bgr, tile)
+            for k, tile in enumerate(self.tiles):  # in turn: the sky's turn reads the tiles' results
+                self.latest[k] = self._detect_verified(frame_bgr, tile, first=True)
             self.cursor = 0
         else:
             for _ in range(min(self.per_frame, len(self.tiles))):
@@ -200,21 +203,24 @@ class RollingTiles:
         merged = merge_tiles(parts, self.detector.iou_threshold, self.detector.containment)
         return self.detector.keep_confident(merged)
 
-    def _detect_verified(self, frame_bgr: np.ndarray, tile: tuple[int, int, int, int]):
+    def _detect_verified(self, frame_bgr: np.ndarray, tile: tuple[int, int, int, int], first: bool = False):
         # Each tile's candidates are verified when the tile runs (patches from the whole frame), so
         # a frame costs only its refreshed tiles' verification too.
         if tile == self.OVERVIEW:
             found, cut = detect_overview(self.detector, frame_bgr)
-        elif tile == self.PROPOSALS:
+        elif tile == self.SKY:
+            if not first:  # the first frame's pass ran before its tiles
+                self.sky = self.detector.sky(frame_bgr)
             # Against the tiles' latest candidates, as a whole frame's proposals are against its own.
             others = Detections.concatenate(
                 [part[0] for k, part in enumerate(self.latest) if part and self.tiles[k] != tile]
             )
-            found = self.detector.with_proposals(frame_bgr, others).select(slice(len(others), None))
+            found = self.detector.with_proposals(others, self.sky).select(slice(len(others), None))
             cut = np.zeros(len(found), bool)
         else:
             found, cut = detect_tile(self.detector, frame_bgr, tile)
-        return self.detector.rescore(frame_bgr, found), cut
+        psf_fwhm = self.sky.psf_fwhm if self.sky is not None else float("nan")
+        return self.detector.rescore(frame_bgr, found, psf_fwhm), cut
 
     @property
     def refresh_frames(self) -> int:

@@ -61,6 +61,13 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "is to name this one (same folder); its verifier then serves the whole-frame twin too",
     )
     export.add_argument(
+        "--psf-calibration",
+        type=Path,
+        metavar="FRAMES",
+        help="verifier: fit the re-scoring with each frame's PSF width (edge.psf) on this labelImg folder "
+        "of frames it never trained on, candidates from --detector",
+    )
+    export.add_argument(
         "--out", type=Path, required=True, help="the .tflite to write (card and report beside it)"
     )
     export.set_defaults(handler=run_export)
@@ -226,13 +233,25 @@ def run_export_verifier(args: argparse.Namespace) -> int:
     from export.verifier import export_verifier
 
     parity = export_verifier(
-        args.model, args.out, args.to, args.score_threshold, args.calibration_count, args.detector
+        args.model,
+        args.out,
+        args.to,
+        args.score_threshold,
+        args.calibration_count,
+        args.detector,
+        args.psf_calibration,
     )
     print(
         f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB): validation AUC float32 "
         f"{parity['float32_auc']:.4f}, {args.to} {parity[args.to + '_auc']:.4f}, largest probability "
         f"difference {parity['max_probability_difference']:.3f} on {parity['candidates']} candidates"
     )
+    if "psf_calibration" in parity:
+        fit = parity["psf_calibration"]
+        print(
+            f"PSF calibration on {fit['candidates']} candidates ({fit['galaxies']} galaxies; PSF measured on "
+            f"{fit['frames_with_psf']} frames): AUC {fit['auc_verifier']:.4f} -> {fit['auc_calibrated']:.4f}"
+        )
     if args.detector:
         print(f"{args.detector}'s card now names {args.out.name}")
     if args.to == "int8":

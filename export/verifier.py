@@ -24,8 +24,11 @@ def export_verifier(
     score_threshold: float,
     calibration_count: int,
     detector: Path | None = None,
+    psf_frames: Path | None = None,
 ) -> dict:
-    """Write out (.tflite), its card and the float/int8 parity on the training's validation candidates."""
+    """Write out (.tflite), its card and the float/int8 parity on the training's validation candidates;
+    with psf_frames (a labelImg folder the verifier never trained on; needs the detector), also the
+    PSF calibration fitted there (detection.verifier.fit_psf_calibration)."""
     import keras
 
     from edge.models import Verifier
@@ -89,6 +92,14 @@ def export_verifier(
     }
     card["metrics"] = parity
     save_card(out, card)
+    if psf_frames is not None:
+        from detection.verifier import fit_psf_calibration
+
+        if detector is None:
+            raise GalaxyEdgeError("--psf-calibration needs --detector: the candidates are that detector's")
+        card["verification"]["psf_calibration"] = fit_psf_calibration(detector, out, psf_frames)
+        save_card(out, card)
+        parity["psf_calibration"] = card["verification"]["psf_calibration"]["fitted_on"]
     if detector is not None:
         attach_verifier(detector, out)
     return parity

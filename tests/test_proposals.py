@@ -104,13 +104,14 @@ def test_the_verifier_judges_proposals_no_candidate_covers(verified_detector: Pa
     covered = Detections(
         np.array([[8, 8, 20, 20]], np.float32), np.array([0.9], np.float32), np.zeros(1, int)
     )
-    joined = detector.with_proposals(frame, covered)
+    sky = detector.sky(frame)
+    joined = detector.with_proposals(covered, sky)
     # The covered source is not proposed again; the other three join at the prior score.
     assert len(joined) == 4 and (joined.scores[1:] == pytest.approx(0.2))
     assert centres(joined.boxes[1:]) == [(14, 64), (54, 14), (64, 64)]
     # Only sources under max_side are proposed.
     verifier.max_side = 8
-    assert len(detector.with_proposals(frame, Detections.empty())) == 0
+    assert len(detector.with_proposals(Detections.empty(), sky)) == 0
     verifier.max_side = 64
     # The verifier keeps the white ones (it wants blue) and drops the yellow one.
     found = detector.finish(frame, Detections.empty())
@@ -125,7 +126,7 @@ def test_rolling_tiles_give_the_proposals_a_turn(verified_detector: Path, tmp_pa
     frame[100:108, 40:48] = WHITE
     rolling = RollingTiles(detector, per_frame=1)
     found = rolling.detect(frame)
-    assert rolling.tiles[-1] == RollingTiles.PROPOSALS
+    assert rolling.tiles[-1] == RollingTiles.SKY
     whole = detect_tiled(detector, frame)
     assert len(found) == len(whole) >= 1
     assert np.allclose(np.sort(found.boxes, axis=0), np.sort(whole.boxes, axis=0), atol=1)

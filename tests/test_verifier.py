@@ -306,10 +306,17 @@ def test_train_and_export_a_verifier_for_the_shipped_detector(tmp_path: Path, ru
         "0.3",
         "--detector",
         str(models / "galaxy_detector_int8.tflite"),
+        "--psf-calibration",  # the training frames: here only the mechanism is under test
+        str(tmp_path / "frames"),
         "--out",
         str(models / "v_int8.tflite"),
     )
-    assert code == 0 and "Edge TPU ready: yes" in out
+    assert code == 0 and "Edge TPU ready: yes" in out and "PSF calibration on" in out
+    # The re-scoring with each frame's PSF width (edge.psf), fitted on the frames' verified candidates.
+    calibration = json.loads((models / "v_int8.json").read_text())["verification"]["psf_calibration"]
+    assert len(calibration["coefficients"]) == 14 and calibration["fitted_on"]["galaxies"] > 14
+    assert calibration["fitted_on"]["frames_with_psf"] == "12 of 12"
+    assert calibration["fitted_on"]["auc_calibrated"] >= calibration["fitted_on"]["auc_verifier"] - 0.01
     # Trained with the sky proposals beside the candidates, so the card turns them on, as trained.
     verification = json.loads((models / "v_int8.json").read_text())["verification"]
     assert verification["sky_proposals"] == summary["config"]["sky_proposals"] is not None
@@ -317,6 +324,7 @@ def test_train_and_export_a_verifier_for_the_shipped_detector(tmp_path: Path, ru
     assert abs(metrics["int8_auc"] - metrics["float32_auc"]) < 0.02
     detector = Detector(models / "galaxy_detector_int8.tflite")
     assert detector.verifier is not None and detector.score_threshold == 0.3
+    assert detector.verifier.psf_calibration is not None
     import cv2
 
     frame = cv2.imread(str(sorted((tmp_path / "frames").glob("*.jpg"))[0]))
