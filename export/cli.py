@@ -80,12 +80,13 @@ def calibration_source(args: argparse.Namespace) -> Path:
 def run_export(args: argparse.Namespace) -> int:
     from detection.verifier import is_verifier
     from export.detector import is_detector
+    from galaxy_edge.errors import GalaxyEdgeError
 
     if is_verifier(args.model):
         return run_export_verifier(args)
+    if args.psf_calibration is not None:
+        raise GalaxyEdgeError(f"{args.model}: --psf-calibration is for a verifier (train --verifier)")
     if args.data is None:
-        from galaxy_edge.errors import GalaxyEdgeError
-
         raise GalaxyEdgeError("--data is needed to export a classifier or a detector")
     if is_detector(args.model):
         return run_export_detector(args)
@@ -96,7 +97,6 @@ def run_export(args: argparse.Namespace) -> int:
     from export.card import write_classifier_card
     from export.reports import classifier_parity, edgetpu_readiness, write_report
     from export.tflite import convert
-    from galaxy_edge.errors import GalaxyEdgeError
 
     if not args.model.is_file():
         raise GalaxyEdgeError(f"{args.model}: no such model")

@@ -34,6 +34,8 @@ def export_verifier(
     from edge.models import Verifier
     from export.tflite import convert
 
+    if psf_frames is not None and detector is None:
+        raise GalaxyEdgeError("--psf-calibration needs --detector: the candidates are that detector's")
     model_path = Path(model_path)
     summary = json.loads(model_path.with_suffix(".json").read_text())
     calibration, validation = (
@@ -95,8 +97,6 @@ def export_verifier(
     if psf_frames is not None:
         from detection.verifier import fit_psf_calibration
 
-        if detector is None:
-            raise GalaxyEdgeError("--psf-calibration needs --detector: the candidates are that detector's")
         card["verification"]["psf_calibration"] = fit_psf_calibration(detector, out, psf_frames)
         save_card(out, card)
         parity["psf_calibration"] = card["verification"]["psf_calibration"]["fitted_on"]

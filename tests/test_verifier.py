@@ -222,6 +222,15 @@ def test_training_and_export_errors_name_what_is_missing(tmp_path: Path, labelim
     (run / "verifier.json").write_text(json.dumps({"task": "verifier", "config": {}}))
     code, _, err = run_cli("export", run / "verifier.keras", "--out", tmp_path / "v.tflite")
     assert code == 2 and f"{run / 'calibration.npz'}: not found" in err
+    code, _, err = run_cli(
+        "export", run / "verifier.keras", "--psf-calibration", labelimg_dir, "--out", tmp_path / "v.tflite"
+    )
+    assert code == 2 and "--psf-calibration needs --detector" in err
+    keras_detector = SHIPPED.parent / "galaxy_detector.keras"
+    code, _, err = run_cli(
+        "export", keras_detector, "--psf-calibration", labelimg_dir, "--out", tmp_path / "d.tflite"
+    )
+    assert code == 2 and "--psf-calibration is for a verifier" in err
 
 
 def test_the_harvest_adds_the_sky_proposals_the_runtime_adds(tmp_path: Path, run_cli) -> None:
