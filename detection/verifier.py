@@ -16,12 +16,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edge.proposals import SkyProposalSettings
 from edge.psf import PsfMeasurement
 from galaxy_edge.errors import GalaxyEdgeError
+
+if TYPE_CHECKING:
+    from edge.models import Verifier
 
 CALIBRATION_CANDIDATES = 2048  # training candidates kept for int8 calibration (the export draws from them)
 
@@ -325,6 +329,21 @@ def train_verifier(
     return summary
 
 
+def runtime_config(verifier: Verifier) -> VerifierConfig:
+    """The harvest settings that give the candidates an exported verifier (edge.models.Verifier) sees
+    at run time: the detector's from its candidate threshold, and its card's sky proposals."""
+    proposals = verifier.sky_proposals
+    return VerifierConfig(
+        patch=verifier.patch,
+        context=verifier.context,
+        max_side=verifier.max_side,
+        max_candidates=verifier.max_candidates,
+        candidate_threshold=verifier.candidate_threshold,
+        harvest_threshold=verifier.candidate_threshold,
+        sky_proposals=None if proposals is None else asdict(proposals),
+    )
+
+
 def fit_psf_calibration(
     detector_path: Path, verifier_path: Path, frames: Path, measurement: PsfMeasurement | None = None
 ) -> dict:
@@ -341,17 +360,7 @@ def fit_psf_calibration(
 
     measurement = measurement or PsfMeasurement()
     verifier = Verifier(verifier_path)
-    proposals = verifier.sky_proposals
-    config = VerifierConfig(
-        patch=verifier.patch,
-        context=verifier.context,
-        max_side=verifier.max_side,
-        max_candidates=verifier.max_candidates,
-        candidate_threshold=verifier.candidate_threshold,
-        harvest_threshold=verifier.candidate_threshold,
-        sky_proposals=None if proposals is None else asdict(proposals),
-    )
-    data = harvest_candidates(detector_path, frames, config, psf=measurement)
+    data = harvest_candidates(detector_path, frames, runtime_config(verifier), psf=measurement)
     side_term = data["priors"][:, 1:3].max(axis=1) if len(data["labels"]) else np.zeros(0)
     usable = (side_term < np.log2(verifier.max_side) - 4) & (data["labels"] >= 0) & np.isfinite(data["psf"])
     labels = data["labels"][usable].astype(np.int32)

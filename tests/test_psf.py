@@ -43,7 +43,7 @@ def measured(frame: np.ndarray) -> float:
 
 @pytest.mark.parametrize("fwhm", [2.5, 3.5, 4.5])
 def test_the_psf_width_is_measured_from_stars_not_hot_pixels_galaxies_or_saturation(fwhm: float) -> None:
-    # Half-maximum areas in whole pixels: 2.26-4.51 here for 2.5-4.5 (1.09-1.21 x on simulated frames).
+    # Half-maximum areas in whole pixels: 2.26-4.51 here for 2.5-4.5 (1.10-1.22 x on simulated frames).
     assert fwhm * 0.85 <= measured(star_field(fwhm)) <= fwhm * 1.25
 
 

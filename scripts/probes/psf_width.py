@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -72,19 +71,13 @@ def main() -> None:
 
     from sklearn.metrics import roc_auc_score
 
-    from detection.verifier import VerifierConfig, harvest_candidates
+    from detection.verifier import harvest_candidates, runtime_config
     from edge.models import Detector
 
     verifier = Detector(args.auc).verifier
     if verifier is None:
         raise SystemExit(f"{args.auc}: its card names no verifier")
-    config = VerifierConfig(
-        context=verifier.context,
-        max_side=verifier.max_side,
-        candidate_threshold=verifier.candidate_threshold,
-        harvest_threshold=verifier.candidate_threshold,
-        sky_proposals=None if verifier.sky_proposals is None else asdict(verifier.sky_proposals),
-    )
+    config = runtime_config(verifier)
     with tempfile.TemporaryDirectory() as folder:  # the first N frames only
         for image, _ in pairs:
             for path in (image, image.with_suffix(".xml")):
