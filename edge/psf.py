@@ -60,7 +60,8 @@ class PsfCalibration:
 
 
 def psf_features(logits: np.ndarray, priors: np.ndarray, psf_fwhm: float | np.ndarray) -> np.ndarray:
-    """(N, 14) the calibration's features: BASE_FEATURES, then their squares and pairwise products."""
+    """(N, 14) the calibration's features: BASE_FEATURES, then the product of each pair of them, squares
+    included, in row order (x0 x0, x0 x1, ..., x3 x3)."""
     psf_term = np.log2(np.broadcast_to(np.asarray(psf_fwhm, np.float64), (len(logits),))) - 2
     base = np.column_stack([np.asarray(logits, np.float64), np.asarray(priors, np.float64)[:, 1:3], psf_term])
     upper = np.triu_indices(base.shape[1])

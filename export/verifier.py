@@ -36,6 +36,8 @@ def export_verifier(
 
     if psf_frames is not None and detector is None:
         raise GalaxyEdgeError("--psf-calibration needs --detector: the candidates are that detector's")
+    if psf_frames is not None and not Path(psf_frames).is_dir():
+        raise GalaxyEdgeError(f"{psf_frames}: not a folder of labelled frames (--psf-calibration)")
     model_path = Path(model_path)
     summary = json.loads(model_path.with_suffix(".json").read_text())
     calibration, validation = (

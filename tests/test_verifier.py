@@ -226,6 +226,12 @@ def test_training_and_export_errors_name_what_is_missing(tmp_path: Path, labelim
         "export", run / "verifier.keras", "--psf-calibration", labelimg_dir, "--out", tmp_path / "v.tflite"
     )
     assert code == 2 and "--psf-calibration needs --detector" in err
+    missing_frames = tmp_path / "no_frames"
+    code, _, err = run_cli(
+        "export", run / "verifier.keras", "--detector", SHIPPED, "--psf-calibration", missing_frames,
+        "--out", tmp_path / "v.tflite",
+    )  # fmt: skip
+    assert code == 2 and f"{missing_frames}: not a folder" in err
     keras_detector = SHIPPED.parent / "galaxy_detector.keras"
     code, _, err = run_cli(
         "export", keras_detector, "--psf-calibration", labelimg_dir, "--out", tmp_path / "d.tflite"
