@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from xdist.remote import Producer
+    from xdist.scheduler.protocol import Scheduling
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -34,7 +39,7 @@ def xdist_scope(nodeid: str) -> str:
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> Scheduling | None:
     """--dist loadgroup by module, through xdist's scheduler hook. xdist_group marks do not work
     here: xdist 3.8 tags a marked test by rewriting `item._nodeid`, which pytest 9.2 no longer reads,
     so marked tests were spread over both workers (two Pi userland builds at once, one skipped)."""
