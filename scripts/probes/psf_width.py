@@ -2,12 +2,14 @@
 width, and what knowing it could add to the verifier.
 
 On a `simulate frames` folder (truth.csv has each frame's psf_fwhm): the correlation of the measured
-width with the truth and the quartiles of their ratio. With --auc DETECTOR (its card's verifier), for the
-candidates the runtime verifies under 32 pixels: the verifier's ROC-AUC alone, and cross-validated by
-frame (5 folds) that of a quadratic logistic model (edge.psf.psf_features) on its logit and the box's
-size without a PSF width, with the measured width and with the true one.
+width with the truth and the quartiles of their ratio. With --auc DETECTOR (its card's verifier), for
+the candidates the runtime verifies under 32 pixels: the verifier's ROC-AUC alone, and cross-validated
+by frame (5 folds) that of a quadratic logistic model (edge.psf.psf_features) on its logit and the
+box's size without a PSF width, with the measured width and with the true one. On image files (real
+frames): each one's width.
 
   PYTHONPATH=. python scripts/probes/psf_width.py FRAMES [--frames N] [--auc DETECTOR.tflite]
+  PYTHONPATH=. python scripts/probes/psf_width.py IMAGE [IMAGE ...]
 """
 
 from __future__ import annotations
@@ -45,10 +47,19 @@ def cross_validated_auc(features: np.ndarray, labels: np.ndarray, groups: np.nda
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("frames", type=Path)
+    parser.add_argument("frames", type=Path, nargs="+", help="a simulate-frames folder, or image files")
     parser.add_argument("--frames", dest="count", type=int, default=None, help="only the first N frames")
     parser.add_argument("--auc", type=Path, metavar="DETECTOR", help="also the verifier's ranking with it")
     args = parser.parse_args()
+    if not args.frames[0].is_dir():
+        for image in args.frames:
+            frame = cv2.imread(str(image))
+            if frame is None:
+                raise SystemExit(f"{image}: cannot read the image")
+            sources = sky_sources(frame, SkyProposalSettings(), PsfMeasurement())
+            print(f"{image}: {frame.shape[1]}x{frame.shape[0]}, PSF FWHM {sources.psf_fwhm:.2f} px")
+        return
+    args.frames = args.frames[0]
     truth = true_widths(args.frames)
     pairs = usable_pairs(args.frames)[: args.count]
     measured = np.array(
