@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from edge.psf import PsfMeasurement, psf_fwhm
+from edge.psf import ConcentrationMeasurement, PsfMeasurement, psf_fwhm, source_concentration
 from edge.tracking import iou_matrix
 
 # Every so many pixels each way of a mesh cell (and of the frame, for the noise) enter the medians, a
@@ -79,10 +79,21 @@ def sky_background(gray: np.ndarray, mesh: int) -> np.ndarray:
 @dataclass(frozen=True)
 class SkySources:
     """What one pass over a frame's sky finds: its sources' boxes (N, 4) float32 [x1, y1, x2, y2], the
-    largest first, and the PSF's FWHM in pixels (edge.psf; NaN when not asked for or not measurable)."""
+    largest first, the PSF's FWHM in pixels (edge.psf; NaN when not asked for or not measurable), and the
+    sky-subtracted gray frame and its matched-filtered copy (H x W float32; None where the frame has no
+    noise to measure against), from which edge.psf measures candidates' concentrations."""
 
     boxes: np.ndarray
     psf_fwhm: float = float("nan")
+    residual: np.ndarray | None = None
+    filtered: np.ndarray | None = None
+
+    def concentrations(self, boxes: np.ndarray, measurement: ConcentrationMeasurement) -> np.ndarray:
+        """(N,) the concentration of each box's source (edge.psf.source_concentration); NaN without
+        the sky-subtracted pixels."""
+        if self.residual is None or self.filtered is None:
+            return np.full(len(boxes), np.nan, np.float32)
+        return source_concentration(self.residual, self.filtered, boxes, measurement)
 
 
 def sky_sources(
@@ -114,7 +125,7 @@ def sky_sources(
     right, bottom = left + stats[chosen, cv2.CC_STAT_WIDTH], top + stats[chosen, cv2.CC_STAT_HEIGHT]
     boxes = np.column_stack([left, top, right, bottom]).astype(np.float32).reshape(-1, 4)
     fwhm = psf_fwhm(gray, residual, labels, stats, noise, psf) if psf is not None else float("nan")
-    return SkySources(boxes, fwhm)
+    return SkySources(boxes, fwhm, residual, filtered)
 
 
 def sky_proposals(frame_bgr: np.ndarray, settings: SkyProposalSettings) -> np.ndarray:
