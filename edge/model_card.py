@@ -37,7 +37,9 @@ runtime uses are:
         "psf_calibration": {"intercept": 0.56, "coefficients": [...20],   # optional: re-scores them
           "measurement": {"peak_sigma": 30, "quantile": 0.2,            # with the frame's PSF width
             "min_stars": 5, "saturation": 0.95},                        # and (optional; 14 weights
-          "concentration": {"inner_radius": 1.5, "outer_radius": 5}}    # without) their concentration
+          "concentration": {"inner_radius": 1.5, "outer_radius": 5},    # without) each one's
+          "star_concentration_range": [0.28, 0.72]}                     # concentration over its stars'
+                                                                        # (frames outside: not re-scored)
       },
       "resolution_floor_px": 32,                      # classifiers, optional: detections whose box's
                                                       # longer side is under this are "unresolved", not

@@ -533,7 +533,8 @@ class Verifier(TFLiteModel):
     def rescore(self, frame_bgr: np.ndarray, found: Detections, sky: SkySources | None = None) -> Detections:
         """The detections with the chosen candidates' scores replaced by the verifier's: with a PSF
         calibration and a sky pass (Verifier.sky) that measured the PSF's width, its re-scoring of the
-        verifier's logit (edge.psf), with the candidates' concentrations there when the card asks."""
+        verifier's logit (edge.psf), with the candidates' concentrations over the frame's stars' there
+        when the card asks (and only on frames whose stars' lie in the card's fitted range)."""
         sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
         chosen = np.flatnonzero(sides < self.max_side)
         chosen = chosen[np.argsort(-found.scores[chosen], kind="stable")[: self.max_candidates]]
@@ -544,11 +545,12 @@ class Verifier(TFLiteModel):
         priors = candidate_priors(boxes, scores)
         logit = self.logits(patches, priors)
         rescored = found.scores.copy()
-        calibration = self.psf_calibration
-        if calibration is not None and sky is not None and np.isfinite(sky.psf_fwhm):
-            concentration = None
+        calibration, concentration, stars = self.psf_calibration, None, float("nan")
+        if calibration is not None and sky is not None and calibration.concentration is not None:
+            stars = sky.star_concentration(calibration.concentration)
+        if calibration is not None and sky is not None and calibration.applies(sky.psf_fwhm, stars):
             if calibration.concentration is not None:
-                concentration = sky.concentrations(boxes, calibration.concentration)
+                concentration = sky.concentrations(boxes, calibration.concentration) / stars
             rescored[chosen] = calibration.scores(logit, priors, sky.psf_fwhm, concentration)
         else:
             rescored[chosen] = 1 / (1 + np.exp(-logit))

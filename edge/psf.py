@@ -17,8 +17,8 @@ import numpy as np
 
 # Features of a verified candidate: the verifier's logit, log2 of the box's width and height over 16
 # pixels (edge.models.candidate_priors), log2 of the frame's PSF FWHM over 4 pixels and, where the card
-# measures it, the candidate's concentration (source_concentration), with their products and squares
-# (a quadratic logistic model).
+# measures it, the candidate's concentration (source_concentration) over the median of its frame's stars'
+# (psf_stars), with their products and squares (a quadratic logistic model).
 BASE_FEATURES = ("verifier_logit", "log2_width_over_16", "log2_height_over_16", "log2_psf_fwhm_over_4")
 CONCENTRATION_FEATURE = "concentration"
 
@@ -33,7 +33,7 @@ FEATURE_COUNT = feature_count(len(BASE_FEATURES))  # 14: cards without a concent
 
 @dataclass(frozen=True)
 class PsfMeasurement:
-    """How a frame's PSF width is measured from its stars (psf_fwhm)."""
+    """How a frame's PSF width is measured from its stars (psf_stars)."""
 
     peak_sigma: float = 30.0  # a star measured peaks this far above the sky (filtered noise sigmas)
     quantile: float = 0.2  # of the half-maximum diameters: stars are the smallest sources
@@ -60,6 +60,18 @@ class PsfCalibration:
     coefficients: tuple[float, ...]
     measurement: PsfMeasurement = PsfMeasurement()
     concentration: ConcentrationMeasurement | None = None  # None: the 14-weight model of older cards
+    # The frames' stars' concentrations the model was fitted over: a frame outside (sharper or softer
+    # than any fitted one, or without stars) keeps the verifier's own scores rather than extrapolate.
+    star_concentration_range: tuple[float, float] = (-np.inf, np.inf)
+
+    def applies(self, sky_psf_fwhm: float, star_concentration: float) -> bool:
+        """Whether a frame with this PSF width and stars' concentration is re-scored."""
+        if not np.isfinite(sky_psf_fwhm):
+            return False
+        if self.concentration is None:
+            return True
+        low, high = self.star_concentration_range
+        return bool(np.isfinite(star_concentration) and low <= star_concentration <= high)
 
     @staticmethod
     def from_card(spec: dict) -> PsfCalibration:
@@ -77,7 +89,12 @@ class PsfCalibration:
             raise ValueError("psf_calibration needs 0 < quantile < 1, peak_sigma > 0 and min_stars >= 1")
         if "intercept" not in spec:
             raise ValueError("psf_calibration needs an intercept")
-        return PsfCalibration(float(spec["intercept"]), coefficients, measurement, concentration)
+        low, high = spec.get("star_concentration_range") or (-np.inf, np.inf)
+        if concentration is not None and not low < high:
+            raise ValueError("psf_calibration.star_concentration_range needs [low, high] with low < high")
+        return PsfCalibration(
+            float(spec["intercept"]), coefficients, measurement, concentration, (float(low), float(high))
+        )
 
     def scores(
         self,
@@ -87,7 +104,7 @@ class PsfCalibration:
         concentration: np.ndarray | None = None,
     ) -> np.ndarray:
         """The re-scored probabilities of candidates with these verifier logits, priors (N, 3) and,
-        when the card measures it, concentrations (N,)."""
+        when the card measures it, concentrations relative to the frame's stars' (N,)."""
         if (self.concentration is None) != (concentration is None):
             raise ValueError("the calibration's concentration term and the candidates' must come together")
         features = psf_features(logits, priors, psf_fwhm, concentration)
@@ -102,7 +119,8 @@ def psf_features(
     concentration: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, 14) the calibration's features: BASE_FEATURES, then the product of each pair of them, squares
-    included, in row order (x0 x0, x0 x1, ..., x3 x3); (N, 20) with the concentration as a fifth term."""
+    included, in row order (x0 x0, x0 x1, ..., x3 x3); (N, 20) with the candidate's concentration over
+    its frame's stars' as a fifth term."""
     psf_term = np.log2(np.broadcast_to(np.asarray(psf_fwhm, np.float64), (len(logits),))) - 2
     columns = [np.asarray(logits, np.float64), *np.asarray(priors, np.float64)[:, 1:3].T, psf_term]
     if concentration is not None:
@@ -154,20 +172,21 @@ def source_concentration(
     return np.clip(inner / outer, -1, 2).astype(np.float32)
 
 
-def psf_fwhm(
+def psf_stars(
     gray: np.ndarray,
     residual: np.ndarray,
     labels: np.ndarray,
     stats: np.ndarray,
     noise: float,
     measurement: PsfMeasurement,
-) -> float:
+) -> tuple[float, np.ndarray]:
     """The PSF's FWHM in pixels, from a segmented frame (edge.proposals.sky_sources): the `quantile` of
     the half-maximum diameters (2 sqrt(area / pi)) of regions peaking `peak_sigma` above the sky, leaving
-    out single hot pixels and sources near the frame's brightest pixel. NaN with under `min_stars`."""
+    out single hot pixels and sources near the frame's brightest pixel; and the boxes (N, 4) of the
+    sources at or under that diameter, the frame's stars. NaN and no boxes with under `min_stars`."""
     bright = np.unique(labels[residual > measurement.peak_sigma * noise])
     ceiling = measurement.saturation * float(gray.max())
-    diameters = []
+    diameters, boxes = [], []
     for region in bright[bright > 0]:
         left, top, width, height = stats[region, :4]
         window = np.s_[top : top + height, left : left + width]
@@ -178,6 +197,8 @@ def psf_fwhm(
         area = int((pixels > 0.5 * pixels.max()).sum())
         if area >= 2:  # one pixel above half its peak: a hot pixel or a cosmic ray, not the seeing
             diameters.append(2 * np.sqrt(area / np.pi))
+            boxes.append((left, top, left + width, top + height))
     if len(diameters) < measurement.min_stars:
-        return float("nan")
-    return float(np.quantile(diameters, measurement.quantile))
+        return float("nan"), np.zeros((0, 4), np.float32)
+    fwhm = float(np.quantile(diameters, measurement.quantile))
+    return fwhm, np.asarray(boxes, np.float32)[np.asarray(diameters) <= fwhm]

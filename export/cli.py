@@ -68,13 +68,6 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "(edge.psf) on this labelImg folder of frames it never trained on, candidates from --detector",
     )
     export.add_argument(
-        "--psf-centred-galaxies",
-        type=Path,
-        metavar="DIR",
-        help="with --psf-calibration: also fit on the real galaxies of this folder's training part (GZ2-like "
-        "images, a galaxy at each centre) shrunk into mosaics, as train --verifier --centred-galaxies",
-    )
-    export.add_argument(
         "--out", type=Path, required=True, help="the .tflite to write (card and report beside it)"
     )
     export.set_defaults(handler=run_export)
@@ -91,7 +84,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     if is_verifier(args.model):
         return run_export_verifier(args)
-    if args.psf_calibration is not None or args.psf_centred_galaxies is not None:
+    if args.psf_calibration is not None:
         raise GalaxyEdgeError(f"{args.model}: --psf-calibration is for a verifier (train --verifier)")
     if args.data is None:
         raise GalaxyEdgeError("--data is needed to export a classifier or a detector")
@@ -247,7 +240,6 @@ def run_export_verifier(args: argparse.Namespace) -> int:
         args.calibration_count,
         args.detector,
         args.psf_calibration,
-        args.psf_centred_galaxies,
     )
     print(
         f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB): validation AUC float32 "
@@ -257,8 +249,7 @@ def run_export_verifier(args: argparse.Namespace) -> int:
     if "psf_calibration" in parity:
         fit = parity["psf_calibration"]
         print(
-            f"PSF calibration on {fit['candidates']} candidates ({fit['galaxies']} galaxies, "
-            f"{fit.get('real_galaxies', 0)} of them real; PSF measured on "
+            f"PSF calibration on {fit['candidates']} candidates ({fit['galaxies']} galaxies; PSF measured on "
             f"{fit['frames_with_psf']} frames): AUC {fit['auc_verifier']:.4f} -> {fit['auc_calibrated']:.4f}"
         )
     if args.detector:

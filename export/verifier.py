@@ -25,12 +25,10 @@ def export_verifier(
     calibration_count: int,
     detector: Path | None = None,
     psf_frames: Path | None = None,
-    psf_centred_galaxies: Path | None = None,
 ) -> dict:
     """Write out (.tflite), its card and the float/int8 parity on the training's validation candidates;
     with psf_frames (a labelImg folder the verifier never trained on; needs the detector), also the
-    PSF calibration fitted there (detection.verifier.fit_psf_calibration), with psf_centred_galaxies'
-    real galaxies too."""
+    PSF calibration fitted there (detection.verifier.fit_psf_calibration)."""
     import keras
 
     from edge.models import Verifier
@@ -40,10 +38,6 @@ def export_verifier(
         raise GalaxyEdgeError("--psf-calibration needs --detector: the candidates are that detector's")
     if psf_frames is not None and not Path(psf_frames).is_dir():
         raise GalaxyEdgeError(f"{psf_frames}: not a folder of labelled frames (--psf-calibration)")
-    if psf_centred_galaxies is not None and psf_frames is None:
-        raise GalaxyEdgeError("--psf-centred-galaxies needs --psf-calibration: they join its frames")
-    if psf_centred_galaxies is not None and not Path(psf_centred_galaxies).is_dir():
-        raise GalaxyEdgeError(f"{psf_centred_galaxies}: not a folder of images (--psf-centred-galaxies)")
     model_path = Path(model_path)
     summary = json.loads(model_path.with_suffix(".json").read_text())
     calibration, validation = (
@@ -105,9 +99,7 @@ def export_verifier(
     if psf_frames is not None:
         from detection.verifier import fit_psf_calibration
 
-        card["verification"]["psf_calibration"] = fit_psf_calibration(
-            detector, out, psf_frames, centred_galaxies=psf_centred_galaxies
-        )
+        card["verification"]["psf_calibration"] = fit_psf_calibration(detector, out, psf_frames)
         save_card(out, card)
         parity["psf_calibration"] = card["verification"]["psf_calibration"]["fitted_on"]
     if detector is not None:

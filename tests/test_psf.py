@@ -60,6 +60,18 @@ def test_a_wider_psf_reads_wider_and_too_few_stars_read_nothing() -> None:
     assert np.isnan(sky_sources(star_field(3.0), SkyProposalSettings()).psf_fwhm)  # not asked for
 
 
+def test_the_stars_that_set_the_width_are_stars() -> None:
+    sources = sky_sources(star_field(3.0), SkyProposalSettings(), PsfMeasurement())
+    centres = np.column_stack(
+        [sources.star_boxes[:, 0::2].mean(axis=1), sources.star_boxes[:, 1::2].mean(axis=1)]
+    )
+    # star_field's grid: the first 12 places hold stars, the next three galaxies, then a saturated star.
+    grid = np.array([(x, y) for y in (30, 90, 150, 210) for x in (30, 100, 170, 240, 300)], float)
+    nearest = np.abs(centres[:, None, :] - grid[None]).max(axis=2).argmin(axis=1)
+    assert len(centres) >= 2 and (nearest < 12).all()
+    assert not len(sky_sources(star_field(3.0, stars=1), SkyProposalSettings(), PsfMeasurement()).star_boxes)
+
+
 def test_features_are_the_terms_then_their_squares_and_products() -> None:
     logits = np.array([0.5, -2.0])
     priors = candidate_priors(np.array([[0, 0, 8, 32], [0, 0, 16, 16]], np.float32), np.array([0.3, 0.6]))
@@ -141,6 +153,8 @@ def test_the_calibration_scores_and_refuses_a_bad_card_entry() -> None:
     # With a concentration the model has a fifth term: 20 weights, and the candidates' concentrations.
     with pytest.raises(ValueError, match="20 coefficients"):
         PsfCalibration.from_card({**calibration(), "concentration": {"inner_radius": 1.5}})
+    with pytest.raises(ValueError, match="star_concentration_range"):
+        PsfCalibration.from_card({**calibration(concentration=1.0), "star_concentration_range": [0.5, 0.4]})
     with pytest.raises(ValueError, match="inner_radius < outer_radius"):
         PsfCalibration.from_card({**calibration(concentration=1.0), "concentration": {"inner_radius": 6.0}})
     model = PsfCalibration.from_card(calibration(logit=1.0, psf=2.0, intercept=-1.0, concentration=-3.0))
@@ -183,23 +197,28 @@ def test_the_verifier_rescores_with_the_frames_psf(verified_detector: Path, tmp_
     assert len(detector.with_proposals(found, detector.sky(frame))) == 1
 
 
-def test_the_verifier_rescores_with_the_candidates_concentration(
+def test_the_verifier_rescores_with_the_candidates_concentration_over_its_stars(
     verified_detector: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    detector = Detector(
-        with_verification(verified_detector.parent, tmp_path, psf_calibration=calibration(concentration=-4.0))
-    )
+    # A small weight on the logit keeps the tiny verifier's confident score off the sigmoid's flat top.
+    entry = {**calibration(logit=0.1, concentration=-4.0), "star_concentration_range": [0.3, 0.9]}
+    detector = Detector(with_verification(verified_detector.parent, tmp_path, psf_calibration=entry))
     frame = star_field(3.0)
-    frame[100:108, 120:128] = WHITE  # a flat square: about as concentrated as its pixels are many
+    frame[100:108, 120:128] = WHITE  # a flat square: its light is spread, unlike the stars'
     box = np.array([[120, 100, 128, 108]], np.float32)
     found = Detections(box, np.array([0.5], np.float32), np.zeros(1, int))
     raw = detector.rescore(frame, found).scores[0]
     sky = detector.sky(frame)
     concentration = sky.concentrations(box, ConcentrationMeasurement())[0]
-    assert 0.05 < concentration < 0.5
-    expected = 1 / (1 + np.exp(-(np.log(raw / (1 - raw)) - 4.0 * concentration)))
-    assert detector.rescore(frame, found, sky).scores[0] == pytest.approx(expected, abs=1e-5)
+    stars = sky.star_concentration(ConcentrationMeasurement())
+    assert 0.05 < concentration < 0.5 < stars < 0.7  # FWHM 3: about 0.58 within 1.5 of 5 pixels
+    expected = 1 / (1 + np.exp(-(0.1 * np.log(raw / (1 - raw)) - 4.0 * concentration / stars)))
+    assert detector.rescore(frame, found, sky).scores[0] == pytest.approx(expected, abs=0.005)
+    # A frame whose stars are more concentrated than any the model was fitted on keeps the verifier's score.
+    sharper = {**entry, "star_concentration_range": [0.2, 0.5]}
+    detector = Detector(with_verification(verified_detector.parent, tmp_path, psf_calibration=sharper))
+    assert detector.rescore(frame, found, sky).scores[0] == pytest.approx(raw)
 
 
 def test_rolling_tiles_verify_with_the_psf_of_the_sky_turn(verified_detector: Path, tmp_path: Path) -> None:  # noqa: F811

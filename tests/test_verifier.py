@@ -232,16 +232,6 @@ def test_training_and_export_errors_name_what_is_missing(tmp_path: Path, labelim
         "--out", tmp_path / "v.tflite",
     )  # fmt: skip
     assert code == 2 and f"{missing_frames}: not a folder" in err
-    code, _, err = run_cli(
-        "export", run / "verifier.keras", "--detector", SHIPPED, "--psf-centred-galaxies", labelimg_dir,
-        "--out", tmp_path / "v.tflite",
-    )  # fmt: skip
-    assert code == 2 and "--psf-centred-galaxies needs --psf-calibration" in err
-    code, _, err = run_cli(
-        "export", run / "verifier.keras", "--detector", SHIPPED, "--psf-calibration", labelimg_dir,
-        "--psf-centred-galaxies", missing_frames, "--out", tmp_path / "v.tflite",
-    )  # fmt: skip
-    assert code == 2 and f"{missing_frames}: not a folder of images" in err
     keras_detector = SHIPPED.parent / "galaxy_detector.keras"
     code, _, err = run_cli(
         "export", keras_detector, "--psf-calibration", labelimg_dir, "--out", tmp_path / "d.tflite"
@@ -343,6 +333,8 @@ def test_train_and_export_a_verifier_for_the_shipped_detector(tmp_path: Path, ru
     # with their squares and products.
     assert len(calibration["coefficients"]) == 20 and calibration["fitted_on"]["galaxies"] > 20
     assert calibration["concentration"] == {"inner_radius": 1.5, "outer_radius": 5.0}
+    low, high = calibration["star_concentration_range"]  # the fitted frames' stars', 1-99 %
+    assert 0 < low < high < 1.5
     assert calibration["fitted_on"]["frames_with_psf"] == "12 of 12"
     assert calibration["fitted_on"]["auc_calibrated"] >= calibration["fitted_on"]["auc_verifier"] - 0.01
     # Trained with the sky proposals beside the candidates, so the card turns them on, as trained.

@@ -6,8 +6,8 @@ width with the truth and the quartiles of their ratio. With --auc DETECTOR (its 
 the candidates the runtime verifies under 32 pixels: the verifier's ROC-AUC alone, and cross-validated
 by frame (5 folds) that of a quadratic logistic model (edge.psf.psf_features) on its logit and the
 box's size without a PSF width, with the measured width, with the true one, and with the measured
-width and each candidate's concentration (edge.psf.source_concentration). On image files (real frames):
-each one's width.
+width and each candidate's concentration over its frame's stars' (edge.psf.source_concentration). On
+image files (real frames): each one's width and its stars' concentration.
 
   PYTHONPATH=. python scripts/probes/psf_width.py FRAMES [--frames N] [--auc DETECTOR.tflite]
   PYTHONPATH=. python scripts/probes/psf_width.py IMAGE [IMAGE ...]
@@ -58,7 +58,11 @@ def main() -> None:
             if frame is None:
                 raise SystemExit(f"{image}: cannot read the image")
             sources = sky_sources(frame, SkyProposalSettings(), PsfMeasurement())
-            print(f"{image}: {frame.shape[1]}x{frame.shape[0]}, PSF FWHM {sources.psf_fwhm:.2f} px")
+            stars = sources.star_concentration(ConcentrationMeasurement())
+            print(
+                f"{image}: {frame.shape[1]}x{frame.shape[0]}, PSF FWHM {sources.psf_fwhm:.2f} px, "
+                f"its stars' concentration {stars:.3f}"
+            )
         return
     args.frames = args.frames[0]
     truth = true_widths(args.frames)
@@ -102,12 +106,14 @@ def main() -> None:
     logits = verifier.logits(data["patches"][small], priors)
     frame_truth = true[groups]
     widths = np.where(np.isfinite(data["psf"][small]), data["psf"][small], np.nanmedian(measured))
+    stars = data["star_concentration"][small]
+    star_concentration = np.where(np.isfinite(stars), stars, np.nanmedian(stars))
     scores = {
         "without the PSF width": psf_features(logits, priors, 4.0),  # log2(4 / 4) = 0: its terms vanish
         "with the measured width": psf_features(logits, priors, widths),
         "with the true width": psf_features(logits, priors, frame_truth),
-        "with the measured width and the concentration": psf_features(
-            logits, priors, widths, data["concentration"][small]
+        "with the measured width and the concentration over the stars'": psf_features(
+            logits, priors, widths, data["concentration"][small] / star_concentration
         ),
     }
     print(
