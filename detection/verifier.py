@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge.proposals import SkyProposalSettings
-from edge.psf import PsfMeasurement
+from edge.psf import ConcentrationMeasurement, PsfMeasurement
 from galaxy_edge.errors import GalaxyEdgeError
 
 if TYPE_CHECKING:
@@ -58,11 +58,14 @@ def harvest_candidates(
     centred_galaxies: Path | None = None,
     centred_shrinks: Sequence[float] = (),
     psf: PsfMeasurement | None = None,
+    concentration: ConcentrationMeasurement | None = None,
 ) -> dict[str, np.ndarray]:
     """The detector's candidates (and with config.sky_proposals the sources found by thresholding that
     the runtime adds, at their prior score) on a labelImg folder: patches, priors, labels (1 galaxy, 0 not,
     -1 a `difficult` galaxy, left out of training), the frame index of each, whether it came from a
-    mosaic of centred galaxies and (with `psf`) its frame's PSF width (edge.psf; else NaN). With
+    mosaic of centred galaxies, (with `psf`) its frame's PSF width (edge.psf; else NaN) and (with
+    `concentration` too) its concentration and its frame's stars' (edge.psf.source_concentration,
+    edge.proposals.SkySources.star_concentration; else NaN). With
     centred_galaxies, also the candidates on mosaics of its training part shrunk by each of
     centred_shrinks (detection.centred): the one that stands for a cell's galaxy is labelled 1, the
     others there -1 (unlabelled sources)."""
@@ -78,7 +81,7 @@ def harvest_candidates(
     detector.score_threshold = config.harvest_threshold
     proposals = SkyProposalSettings.from_card(config.sky_proposals) if config.sky_proposals else None
     pairs = usable_pairs(frames)
-    keys = ("patches", "priors", "labels", "frames", "centred", "psf")
+    keys = ("patches", "priors", "labels", "frames", "centred", "psf", "concentration", "star_concentration")
     parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
 
     def add(frame: np.ndarray, labelled, centred: bool = False) -> None:
@@ -100,6 +103,11 @@ def harvest_candidates(
         parts["frames"].append(np.full(len(boxes), len(parts["frames"]), np.int32))
         parts["centred"].append(np.full(len(boxes), centred))
         parts["psf"].append(np.full(len(boxes), sky.psf_fwhm if sky is not None else np.nan, np.float32))
+        measured = psf is not None and concentration is not None
+        concentrations = sky.concentrations(boxes, concentration) if measured else np.full(len(boxes), np.nan)
+        stars = sky.star_concentration(concentration) if measured else np.nan
+        parts["concentration"].append(concentrations.astype(np.float32))
+        parts["star_concentration"].append(np.full(len(boxes), stars, np.float32))
 
     for index, (image_path, annotation) in enumerate(pairs):
         frame = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
@@ -344,31 +352,54 @@ def runtime_config(verifier: Verifier) -> VerifierConfig:
     )
 
 
+DEFAULT_CONCENTRATION = ConcentrationMeasurement()  # new calibrations measure it (docs/verifier.md)
+STAR_CONCENTRATION_QUANTILES = (0.01, 0.99)  # of the fitted frames': the range a card re-scores
+
+
 def fit_psf_calibration(
-    detector_path: Path, verifier_path: Path, frames: Path, measurement: PsfMeasurement | None = None
+    detector_path: Path,
+    verifier_path: Path,
+    frames: Path,
+    measurement: PsfMeasurement | None = None,
+    concentration: ConcentrationMeasurement | None = DEFAULT_CONCENTRATION,
 ) -> dict:
     """A verifier card's `verification.psf_calibration` (edge.psf): a quadratic logistic model of
     whether a candidate the runtime re-scores is a galaxy, given the exported verifier's logit, the
-    box's size and the frame's PSF width, fitted on a labelImg folder of frames the verifier never
-    trained on (its own validation frames would flatter its logits). Candidates as the runtime
-    verifies them: the detector's from the verifier's candidate threshold and the sky proposals, under
-    its max_side, on frames whose PSF could be measured. The entry holds the fit's figures too."""
+    box's size, the frame's PSF width and (unless `concentration` is None) the candidate's
+    concentration over the frame's stars', fitted on a labelImg folder of frames the verifier never
+    trained on (its own validation frames would flatter its logits). Candidates as the runtime verifies
+    them: the detector's from the verifier's candidate threshold and the sky proposals, under its
+    max_side, on frames whose PSF could be measured. The entry holds the fit's figures too."""
     from sklearn.linear_model import LogisticRegression
 
     from edge.models import Verifier
-    from edge.psf import FEATURE_COUNT, psf_features
+    from edge.psf import BASE_FEATURES, feature_count, psf_features
 
     measurement = measurement or PsfMeasurement()
     verifier = Verifier(verifier_path)
-    data = harvest_candidates(detector_path, frames, runtime_config(verifier), psf=measurement)
+    data = harvest_candidates(
+        detector_path, frames, runtime_config(verifier), psf=measurement, concentration=concentration
+    )
     side_term = data["priors"][:, 1:3].max(axis=1) if len(data["labels"]) else np.zeros(0)
     usable = (side_term < np.log2(verifier.max_side) - 4) & (data["labels"] >= 0) & np.isfinite(data["psf"])
+    star_range = None
+    if concentration is not None:
+        stars = data["star_concentration"]
+        usable &= np.isfinite(stars)
+        # Over the frames' stars (one value a frame): frames outside keep the verifier's own scores.
+        known = np.isfinite(stars)
+        per_frame = stars[known][np.unique(data["frames"][known], return_index=True)[1]]
+        star_range = [float(q) for q in np.quantile(per_frame, STAR_CONCENTRATION_QUANTILES)]
     labels = data["labels"][usable].astype(np.int32)
-    if labels.sum() < FEATURE_COUNT or (labels == 0).sum() < FEATURE_COUNT:
+    weights = feature_count(len(BASE_FEATURES) + (concentration is not None))
+    if labels.sum() < weights or (labels == 0).sum() < weights:
         raise GalaxyEdgeError(f"{frames}: too few verified candidates of both kinds to fit a PSF calibration")
     priors, psf = data["priors"][usable], data["psf"][usable]
     logits = verifier.logits(data["patches"][usable], priors)
-    features = psf_features(logits, priors, psf)
+    concentrations = None
+    if concentration is not None:
+        concentrations = data["concentration"][usable] / data["star_concentration"][usable]
+    features = psf_features(logits, priors, psf, concentrations)
     # Standardised for the solver, then folded back: the card holds weights of the raw features.
     mean, scale = features.mean(axis=0), features.std(axis=0) + 1e-12
     model = LogisticRegression(C=1.0, max_iter=5000).fit((features - mean) / scale, labels)
@@ -383,6 +414,8 @@ def fit_psf_calibration(
         "intercept": intercept,
         "coefficients": [float(c) for c in coefficients],
         "measurement": asdict(measurement),
+        "concentration": None if concentration is None else asdict(concentration),
+        "star_concentration_range": star_range,
         "fitted_on": {
             "frames": str(frames),
             "frames_with_psf": f"{int(measured.sum())} of {len(frame_psf)}",

@@ -34,9 +34,12 @@ runtime uses are:
         "sky_proposals": {"smoothing_sigma": 1.0, "high_sigma": 6.0,   # optional: small sources found
           "low_sigma": 3.0, "min_area": 5, "background_mesh": 64,      # by thresholding join the
           "prior_score": 0.05, "max_proposals": 128},                  # candidates (edge.proposals)
-        "psf_calibration": {"intercept": 0.56, "coefficients": [...14],   # optional: re-scores them
+        "psf_calibration": {"intercept": 0.56, "coefficients": [...20],   # optional: re-scores them
           "measurement": {"peak_sigma": 30, "quantile": 0.2,            # with the frame's PSF width
-            "min_stars": 5, "saturation": 0.95}}                        # (edge.psf)
+            "min_stars": 5, "saturation": 0.95},                        # and (optional; 14 weights
+          "concentration": {"inner_radius": 1.5, "outer_radius": 5},    # without) each one's
+          "star_concentration_range": [0.28, 0.72]}                     # concentration over its stars'
+                                                                        # (frames outside: not re-scored)
       },
       "resolution_floor_px": 32,                      # classifiers, optional: detections whose box's
                                                       # longer side is under this are "unresolved", not

@@ -297,12 +297,12 @@ class Detector(TFLiteModel):
             return self.score_threshold
         return self.verifier.candidate_threshold
 
-    def rescore(self, frame_bgr: np.ndarray, found: Detections, psf_fwhm: float = float("nan")) -> Detections:
+    def rescore(self, frame_bgr: np.ndarray, found: Detections, sky: SkySources | None = None) -> Detections:
         """The verifier's second look at detections in frame_bgr's pixels (when the card names one),
-        with the frame's PSF width where its card calibrates with it (Verifier.rescore)."""
+        with the frame's sky pass where its card calibrates with the PSF (Verifier.rescore)."""
         if self.verifier is None or not len(found):
             return found
-        return self.verifier.rescore(frame_bgr, found, psf_fwhm)
+        return self.verifier.rescore(frame_bgr, found, sky)
 
     def keep_confident(self, found: Detections) -> Detections:
         """Verified detections at the score threshold or above, best first (unverified ones were
@@ -332,8 +332,7 @@ class Detector(TFLiteModel):
         the sky proposals, with the frame's PSF width) and the score threshold: the last step of every
         whole-frame detection."""
         sky = self.sky(frame_bgr)
-        psf_fwhm = sky.psf_fwhm if sky is not None else float("nan")
-        return self.keep_confident(self.rescore(frame_bgr, self.with_proposals(found, sky), psf_fwhm))
+        return self.keep_confident(self.rescore(frame_bgr, self.with_proposals(found, sky), sky))
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:
         """Detections in a whole frame resized to the input (no tiling), verified."""
@@ -531,9 +530,11 @@ class Verifier(TFLiteModel):
             logits[start : start + len(chunk)] = self.invoke(tensor, others)[0].reshape(-1)[: len(chunk)]
         return logits
 
-    def rescore(self, frame_bgr: np.ndarray, found: Detections, psf_fwhm: float = float("nan")) -> Detections:
+    def rescore(self, frame_bgr: np.ndarray, found: Detections, sky: SkySources | None = None) -> Detections:
         """The detections with the chosen candidates' scores replaced by the verifier's: with a PSF
-        calibration and a measured PSF width, its re-scoring of the verifier's logit (edge.psf)."""
+        calibration and a sky pass (Verifier.sky) that measured the PSF's width, its re-scoring of the
+        verifier's logit (edge.psf), with the candidates' concentrations over the frame's stars' there
+        when the card asks (and only on frames whose stars' lie in the card's fitted range)."""
         sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
         chosen = np.flatnonzero(sides < self.max_side)
         chosen = chosen[np.argsort(-found.scores[chosen], kind="stable")[: self.max_candidates]]
@@ -544,8 +545,13 @@ class Verifier(TFLiteModel):
         priors = candidate_priors(boxes, scores)
         logit = self.logits(patches, priors)
         rescored = found.scores.copy()
-        if self.psf_calibration is not None and np.isfinite(psf_fwhm):
-            rescored[chosen] = self.psf_calibration.scores(logit, priors, psf_fwhm)
+        calibration, concentration, stars = self.psf_calibration, None, float("nan")
+        if calibration is not None and sky is not None and calibration.concentration is not None:
+            stars = sky.star_concentration(calibration.concentration)
+        if calibration is not None and sky is not None and calibration.applies(sky.psf_fwhm, stars):
+            if calibration.concentration is not None:
+                concentration = sky.concentrations(boxes, calibration.concentration) / stars
+            rescored[chosen] = calibration.scores(logit, priors, sky.psf_fwhm, concentration)
         else:
             rescored[chosen] = 1 / (1 + np.exp(-logit))
         return Detections(found.boxes, rescored.astype(np.float32), found.class_ids)

@@ -12,12 +12,12 @@ that peaks above `high_sigma`), whose box is the region's extent.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from edge.psf import PsfMeasurement, psf_fwhm
+from edge.psf import ConcentrationMeasurement, PsfMeasurement, psf_stars, source_concentration
 from edge.tracking import iou_matrix
 
 # Every so many pixels each way of a mesh cell (and of the frame, for the noise) enter the medians, a
@@ -79,10 +79,29 @@ def sky_background(gray: np.ndarray, mesh: int) -> np.ndarray:
 @dataclass(frozen=True)
 class SkySources:
     """What one pass over a frame's sky finds: its sources' boxes (N, 4) float32 [x1, y1, x2, y2], the
-    largest first, and the PSF's FWHM in pixels (edge.psf; NaN when not asked for or not measurable)."""
+    largest first, the PSF's FWHM in pixels and the boxes of the stars that set it (edge.psf.psf_stars;
+    NaN and none when not asked for or not measurable), and the sky-subtracted gray frame and its
+    matched-filtered copy (H x W float32; None where the frame has no noise to measure against), from
+    which edge.psf measures sources' concentrations."""
 
     boxes: np.ndarray
     psf_fwhm: float = float("nan")
+    residual: np.ndarray | None = None
+    filtered: np.ndarray | None = None
+    star_boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+
+    def concentrations(self, boxes: np.ndarray, measurement: ConcentrationMeasurement) -> np.ndarray:
+        """(N,) the concentration of each box's source (edge.psf.source_concentration); NaN without
+        the sky-subtracted pixels."""
+        if self.residual is None or self.filtered is None:
+            return np.full(len(boxes), np.nan, np.float32)
+        return source_concentration(self.residual, self.filtered, boxes, measurement)
+
+    def star_concentration(self, measurement: ConcentrationMeasurement) -> float:
+        """The median concentration of the stars that set the PSF width; NaN without them."""
+        if not len(self.star_boxes):
+            return float("nan")
+        return float(np.median(self.concentrations(self.star_boxes, measurement)))
 
 
 def sky_sources(
@@ -113,8 +132,10 @@ def sky_sources(
     left, top = stats[chosen, cv2.CC_STAT_LEFT], stats[chosen, cv2.CC_STAT_TOP]
     right, bottom = left + stats[chosen, cv2.CC_STAT_WIDTH], top + stats[chosen, cv2.CC_STAT_HEIGHT]
     boxes = np.column_stack([left, top, right, bottom]).astype(np.float32).reshape(-1, 4)
-    fwhm = psf_fwhm(gray, residual, labels, stats, noise, psf) if psf is not None else float("nan")
-    return SkySources(boxes, fwhm)
+    if psf is None:
+        return SkySources(boxes, float("nan"), residual, filtered)
+    fwhm, stars = psf_stars(gray, residual, labels, stats, noise, psf)
+    return SkySources(boxes, fwhm, residual, filtered, stars)
 
 
 def sky_proposals(frame_bgr: np.ndarray, settings: SkyProposalSettings) -> np.ndarray:

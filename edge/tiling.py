@@ -180,7 +180,8 @@ class RollingTiles:
         self.tiles: list[tuple[int, int, int, int]] = []
         self.latest: list[tuple[Detections, np.ndarray] | None] = []
         self.cursor = 0
-        self.sky: SkySources | None = None  # the latest pass: its PSF width serves every tile's verification
+        self.sky: SkySources | None = None  # the latest pass: its PSF width (and sky-subtracted pixels, for
+        # the candidates' concentrations) serve every tile's verification until the sky's next turn
 
     def detect(self, frame_bgr: np.ndarray) -> Detections:
         if frame_bgr.shape != self.shape:
@@ -219,8 +220,7 @@ class RollingTiles:
             cut = np.zeros(len(found), bool)
         else:
             found, cut = detect_tile(self.detector, frame_bgr, tile)
-        psf_fwhm = self.sky.psf_fwhm if self.sky is not None else float("nan")
-        return self.detector.rescore(frame_bgr, found, psf_fwhm), cut
+        return self.detector.rescore(frame_bgr, found, self.sky), cut
 
     @property
     def refresh_frames(self) -> int:

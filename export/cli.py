@@ -64,8 +64,8 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "--psf-calibration",
         type=Path,
         metavar="FRAMES",
-        help="verifier: fit the re-scoring with each frame's PSF width (edge.psf) on this labelImg folder "
-        "of frames it never trained on, candidates from --detector",
+        help="verifier: fit the re-scoring with each frame's PSF width and each candidate's concentration "
+        "(edge.psf) on this labelImg folder of frames it never trained on, candidates from --detector",
     )
     export.add_argument(
         "--out", type=Path, required=True, help="the .tflite to write (card and report beside it)"

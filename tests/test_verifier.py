@@ -329,7 +329,12 @@ def test_train_and_export_a_verifier_for_the_shipped_detector(tmp_path: Path, ru
     assert code == 0 and "Edge TPU ready: yes" in out and "PSF calibration on" in out
     # The re-scoring with each frame's PSF width (edge.psf), fitted on the frames' verified candidates.
     calibration = json.loads((models / "v_int8.json").read_text())["verification"]["psf_calibration"]
-    assert len(calibration["coefficients"]) == 14 and calibration["fitted_on"]["galaxies"] > 14
+    # Five terms (the verifier's logit, the box's width and height, the PSF width, the concentration)
+    # with their squares and products.
+    assert len(calibration["coefficients"]) == 20 and calibration["fitted_on"]["galaxies"] > 20
+    assert calibration["concentration"] == {"inner_radius": 1.5, "outer_radius": 5.0}
+    low, high = calibration["star_concentration_range"]  # the fitted frames' stars', 1-99 %
+    assert 0 < low < high < 1.5
     assert calibration["fitted_on"]["frames_with_psf"] == "12 of 12"
     assert calibration["fitted_on"]["auc_calibrated"] >= calibration["fitted_on"]["auc_verifier"] - 0.01
     # Trained with the sky proposals beside the candidates, so the card turns them on, as trained.

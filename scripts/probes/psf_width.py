@@ -5,8 +5,9 @@ On a `simulate frames` folder (truth.csv has each frame's psf_fwhm): the correla
 width with the truth and the quartiles of their ratio. With --auc DETECTOR (its card's verifier), for
 the candidates the runtime verifies under 32 pixels: the verifier's ROC-AUC alone, and cross-validated
 by frame (5 folds) that of a quadratic logistic model (edge.psf.psf_features) on its logit and the
-box's size without a PSF width, with the measured width and with the true one. On image files (real
-frames): each one's width.
+box's size without a PSF width, with the measured width, with the true one, and with the measured
+width and each candidate's concentration over its frame's stars' (edge.psf.source_concentration). On
+image files (real frames): each one's width and its stars' concentration.
 
   PYTHONPATH=. python scripts/probes/psf_width.py FRAMES [--frames N] [--auc DETECTOR.tflite]
   PYTHONPATH=. python scripts/probes/psf_width.py IMAGE [IMAGE ...]
@@ -23,7 +24,7 @@ import numpy as np
 
 from annotations.dataset import usable_pairs
 from edge.proposals import SkyProposalSettings, sky_sources
-from edge.psf import PsfMeasurement, psf_features
+from edge.psf import ConcentrationMeasurement, PsfMeasurement, psf_features
 
 
 def true_widths(frames: Path) -> dict[str, float]:
@@ -57,7 +58,11 @@ def main() -> None:
             if frame is None:
                 raise SystemExit(f"{image}: cannot read the image")
             sources = sky_sources(frame, SkyProposalSettings(), PsfMeasurement())
-            print(f"{image}: {frame.shape[1]}x{frame.shape[0]}, PSF FWHM {sources.psf_fwhm:.2f} px")
+            stars = sources.star_concentration(ConcentrationMeasurement())
+            print(
+                f"{image}: {frame.shape[1]}x{frame.shape[0]}, PSF FWHM {sources.psf_fwhm:.2f} px, "
+                f"its stars' concentration {stars:.3f}"
+            )
         return
     args.frames = args.frames[0]
     truth = true_widths(args.frames)
@@ -93,22 +98,30 @@ def main() -> None:
         for image, _ in pairs:
             for path in (image, image.with_suffix(".xml")):
                 (Path(folder) / path.name).symlink_to(path.resolve())
-        data = harvest_candidates(args.auc, Path(folder), config, psf=PsfMeasurement())
+        data = harvest_candidates(
+            args.auc, Path(folder), config, psf=PsfMeasurement(), concentration=ConcentrationMeasurement()
+        )
     small = (data["priors"][:, 1:3].max(axis=1) < np.log2(verifier.max_side) - 4) & (data["labels"] >= 0)
     priors, labels, groups = data["priors"][small], data["labels"][small], data["frames"][small]
     logits = verifier.logits(data["patches"][small], priors)
     frame_truth = true[groups]
     widths = np.where(np.isfinite(data["psf"][small]), data["psf"][small], np.nanmedian(measured))
+    stars = data["star_concentration"][small]
+    star_concentration = np.where(np.isfinite(stars), stars, np.nanmedian(stars))
     scores = {
         "without the PSF width": psf_features(logits, priors, 4.0),  # log2(4 / 4) = 0: its terms vanish
         "with the measured width": psf_features(logits, priors, widths),
         "with the true width": psf_features(logits, priors, frame_truth),
+        "with the measured width and the concentration over the stars'": psf_features(
+            logits, priors, widths, data["concentration"][small] / star_concentration
+        ),
     }
     print(
         f"{len(labels)} candidates under {verifier.max_side:g} px ({int(labels.sum())} galaxies); ROC-AUC: "
         f"verifier {roc_auc_score(labels, logits):.4f}; quadratic model "
         + ", ".join(f"{name} {cross_validated_auc(x, labels, groups):.4f}" for name, x in scores.items())
     )
+
 
 if __name__ == "__main__":
     main()
