@@ -4,7 +4,8 @@ A source of 6 pixels is a star under 4-pixel seeing and a galaxy under 2-pixel s
 32-pixel patch seldom holds a star to compare with. So each frame's PSF width is measured from its
 brightest unsaturated compact sources (the sky proposals' segmentation, edge.proposals), and a small
 logistic model on the verifier's logit, the box's size, that width and (in newer cards) the candidate's
-concentration re-scores the verified candidates (docs/verifier.md, "The frame's seeing"). Written with
+concentration over the frame's stars' re-scores the verified candidates, on frames like those it was
+fitted on (docs/verifier.md, "The frame's seeing" and "Each candidate's concentration"). Written with
 numpy: edge/ may not import photutils or sep, and their PSF tools fit models where a half-maximum area
 and two aperture sums are all this needs.
 """
@@ -20,7 +21,6 @@ import numpy as np
 # measures it, the candidate's concentration (source_concentration) over the median of its frame's stars'
 # (psf_stars), with their products and squares (a quadratic logistic model).
 BASE_FEATURES = ("verifier_logit", "log2_width_over_16", "log2_height_over_16", "log2_psf_fwhm_over_4")
-CONCENTRATION_FEATURE = "concentration"
 
 
 def feature_count(base: int) -> int:
@@ -64,9 +64,9 @@ class PsfCalibration:
     # than any fitted one, or without stars) keeps the verifier's own scores rather than extrapolate.
     star_concentration_range: tuple[float, float] = (-np.inf, np.inf)
 
-    def applies(self, sky_psf_fwhm: float, star_concentration: float) -> bool:
+    def applies(self, psf_fwhm: float, star_concentration: float) -> bool:
         """Whether a frame with this PSF width and stars' concentration is re-scored."""
-        if not np.isfinite(sky_psf_fwhm):
+        if not np.isfinite(psf_fwhm):
             return False
         if self.concentration is None:
             return True
