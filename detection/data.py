@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -387,6 +388,7 @@ class ParallelBatches:
 
     def __init__(self, stream: SampleStream, batch_size: int, workers: int, seed: int = 0) -> None:
         self.batch_size, self.seed, self.read_ahead = batch_size, seed, 2 * workers
+        self.pending: collections.deque = collections.deque()
         unreadable = [str(frame.path) for frame in stream.frames if not Path(frame.path).is_file()]
         if unreadable:
             raise GalaxyEdgeError(f"{unreadable[0]}: no such image file (--workers reads frames from files)")
@@ -398,14 +400,27 @@ class ParallelBatches:
 
     def __iter__(self) -> Iterator:
         # Bounded read-ahead (Pool.imap would drain an endless task list into memory).
-        pending: collections.deque = collections.deque()
         for index in itertools.count():
-            pending.append(self.pool.apply_async(_worker_batch, ((self.seed, index, self.batch_size),)))
-            if len(pending) >= self.read_ahead:
-                yield _unpacked_batch(pending.popleft().get())
+            self.pending.append(self.pool.apply_async(_worker_batch, ((self.seed, index, self.batch_size),)))
+            if len(self.pending) >= self.read_ahead:
+                yield _unpacked_batch(self.pending.popleft().get())
 
-    def close(self) -> None:
-        self.pool.terminate()
+    def close(self, timeout_s: float = 120.0) -> None:
+        """Lets the batches in flight finish, then lets the workers exit.
+
+        Pool.terminate is the last resort: a worker killed while it writes a batch into the result
+        pipe leaves the pipe's lock held, and the pool's task thread then waits on it forever
+        (a hang seen in CI, CPython's multiprocessing.Pool).
+        """
+        deadline = time.monotonic() + timeout_s
+        for result in self.pending:
+            result.wait(max(0.0, deadline - time.monotonic()))
+        finished = all(result.ready() for result in self.pending)
+        self.pending.clear()
+        if finished:
+            self.pool.close()
+        else:
+            self.pool.terminate()
         self.pool.join()
 
 

@@ -624,6 +624,9 @@ def test_worker_processes_make_the_same_batches_as_one_process(tmp_path: Path) -
         made = [batch for batch, _ in zip(parallel, range(5), strict=False)]
     finally:
         parallel.close()
+    # The batches still in flight were let finish and the workers left on their own: none was
+    # killed mid-write (which can leave the result pipe's lock held and hang the pool's close).
+    assert [worker.exitcode for worker in parallel.pool._pool] == [0, 0]
     for index in (0, 4):
         images, targets = sample_batch(stream, 5, index, 3)
         np.testing.assert_array_equal(made[index][0], images)
