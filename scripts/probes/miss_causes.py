@@ -12,7 +12,20 @@ detections (every candidate, verified scores, as `evaluate --detector` keeps the
                  its centre (several galaxies, or a galaxy and its neighbours, in one box)
   nothing        none of these
 
-by the truth box's longer side and by S/N, with the median surface brightness of each cause.
+by the truth box's longer side and by S/N, with the median surface brightness of each cause. Then
+every detection at 0.35 or more that no galaxy claims, by its box's longer side and what it lies on
+(fp_kind_of), the highest scores first:
+
+  duplicate      IoU 0.5 or more with a galaxy a higher-scored box already claimed
+  difficult      IoU 0.5 or more with a `difficult` galaxy (COCO ignores these: not counted wrong)
+  galaxy, poor box
+                 IoU 0.3-0.5 with a galaxy
+  piece of a galaxy
+                 its centre inside a galaxy's box, at most half that box's area
+  several galaxies
+                 its box holds the centres of two galaxies or more
+  star           IoU 0.3 or more with a star
+  nothing        none of these (noise, a star's halo or spike, a galaxy's outskirts)
 
   PYTHONPATH=. python scripts/probes/miss_causes.py MODEL.tflite FRAMES [--frames N]
 """
@@ -62,14 +75,87 @@ def cause_of(truth: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> str:
     return "nothing"
 
 
-def galaxy_truth(frames: Path) -> dict[str, list[dict]]:
-    """The simulation's truth.csv rows of the galaxies that are not `difficult`, by frame."""
+FP_KINDS = (
+    "duplicate",
+    "difficult",
+    "galaxy, poor box",
+    "piece of a galaxy",
+    "several galaxies",
+    "star",
+    "nothing",
+)
+
+
+def box_of(row: dict) -> np.ndarray:
+    return np.array([float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")], np.float32)
+
+
+def false_positive_kinds(rows: list[dict], boxes: np.ndarray, scores: np.ndarray) -> list[tuple[int, str]]:
+    """(index, kind) of each detection at FINAL_THRESHOLD or more that no galaxy claims, greedily by
+    score as COCO matches (truth.csv rows of one frame, every kind)."""
+    galaxies = [row for row in rows if row["kind"] == "galaxy"]
+    galaxy_boxes = np.array([box_of(row) for row in galaxies], np.float32).reshape(-1, 4)
+    difficult = np.array([row["difficult"] == "1" for row in galaxies], bool)
+    star_boxes = np.array([box_of(row) for row in rows if row["kind"] == "star"], np.float32).reshape(-1, 4)
+    claimed = np.zeros(len(galaxies), bool)
+    kinds = []
+    for index in np.argsort(-scores, kind="stable"):
+        if scores[index] < FINAL_THRESHOLD:
+            break
+        box = boxes[index]
+        iou = iou_matrix(box[None], galaxy_boxes)[0] if len(galaxies) else np.zeros(0)
+        free = (iou >= 0.5) & ~claimed & ~difficult
+        if free.any():
+            claimed[np.flatnonzero(free)[np.argmax(iou[free])]] = True
+            continue
+        kinds.append((int(index), fp_kind_of(box, iou, galaxy_boxes, difficult, claimed, star_boxes)))
+    return kinds
+
+
+def fp_kind_of(
+    box: np.ndarray,
+    iou: np.ndarray,
+    galaxy_boxes: np.ndarray,
+    difficult: np.ndarray,
+    claimed: np.ndarray,
+    star_boxes: np.ndarray,
+) -> str:
+    if ((iou >= 0.5) & claimed).any():
+        return "duplicate"
+    if ((iou >= 0.5) & difficult).any():
+        return "difficult"
+    if (iou >= 0.3).any():
+        return "galaxy, poor box"
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    g = galaxy_boxes
+    inside = (g[:, 0] <= cx) & (cx <= g[:, 2]) & (g[:, 1] <= cy) & (cy <= g[:, 3])
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    if (inside & (area <= 0.5 * (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]))).any():
+        return "piece of a galaxy"
+    gx, gy = (g[:, 0] + g[:, 2]) / 2, (g[:, 1] + g[:, 3]) / 2
+    if ((box[0] <= gx) & (gx <= box[2]) & (box[1] <= gy) & (gy <= box[3])).sum() >= 2:
+        return "several galaxies"
+    if len(star_boxes) and iou_matrix(box[None], star_boxes)[0].max() >= 0.3:
+        return "star"
+    return "nothing"
+
+
+def all_truth(frames: Path) -> dict[str, list[dict]]:
+    """Every truth.csv row (galaxies, difficult ones too, and stars), by frame."""
     rows = defaultdict(list)
     with open(frames / "truth.csv", newline="") as handle:
         for row in csv.DictReader(handle):
-            if row["kind"] == "galaxy" and row["difficult"] == "0":
-                rows[row["frame"]].append(row)
+            rows[row["frame"]].append(row)
     return rows
+
+
+def galaxy_truth(frames: Path) -> dict[str, list[dict]]:
+    """The simulation's truth.csv rows of the galaxies that are not `difficult`, by frame."""
+    galaxies = {
+        frame: [row for row in rows if row["kind"] == "galaxy" and row["difficult"] == "0"]
+        for frame, rows in all_truth(frames).items()
+    }
+    return {frame: rows for frame, rows in galaxies.items() if rows}
 
 
 def main() -> None:
@@ -79,8 +165,10 @@ def main() -> None:
     parser.add_argument("--frames", dest="count", type=int, default=None, help="only the first N frames")
     args = parser.parse_args()
     rows = galaxy_truth(args.frames)
+    everything = all_truth(args.frames)
     names = sorted(rows)[: args.count]
     by_size, by_snr = defaultdict(Counter), defaultdict(Counter)
+    false_by_size = defaultdict(Counter)
     brightness = defaultdict(list)
     with tempfile.TemporaryDirectory() as workdir:
         detector = open_detector(args.model, Path(workdir))
@@ -88,8 +176,12 @@ def main() -> None:
         for name in names:
             path = next(args.frames.glob(f"{name}.*[gp]"))
             found = detect_frame(detector, cv2.imread(str(path), cv2.IMREAD_COLOR))
+            for index, kind in false_positive_kinds(everything[name], found.boxes, found.scores):
+                box = found.boxes[index]
+                side = max(box[2] - box[0], box[3] - box[1])
+                false_by_size[int(np.searchsorted(SIZE_BINS_PX, side, side="right")) - 1][kind] += 1
             for row in rows[name]:
-                truth = np.array([float(row[k]) for k in ("xmin", "ymin", "xmax", "ymax")], np.float32)
+                truth = box_of(row)
                 cause = cause_of(truth, found.boxes, found.scores)
                 side = max(truth[2] - truth[0], truth[3] - truth[1])
                 size_bin = int(np.searchsorted(SIZE_BINS_PX, side, side="right")) - 1
@@ -112,6 +204,12 @@ def main() -> None:
         counts = by_snr[k]
         total = sum(counts.values())
         print(f"{snr_labels[k - 1]} | {total} | " + " | ".join(f"{counts[c] / total:.3f}" for c in CAUSES))
+    print(f"detections at {FINAL_THRESHOLD} or more that no galaxy claims, by their longer side")
+    print("longer side | count | " + " | ".join(FP_KINDS))
+    for k in sorted(false_by_size):
+        counts = false_by_size[k]
+        label = f"{edges[k]}-{edges[k + 1]} px" if edges[k + 1] else f">={edges[k]} px"
+        print(f"{label} | {sum(counts.values())} | " + " | ".join(str(counts[c]) for c in FP_KINDS))
     print("median mean surface brightness (sky sigma) by cause:")
     for cause in CAUSES:
         if brightness[cause]:
