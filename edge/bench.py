@@ -485,7 +485,7 @@ def markdown(result: dict) -> str:
                     f"\nThe chain's frame: one invoke of the detector's whole-frame twin ({twin})"
                     if twin
                     else f"\nThe chain's frame: {chain['tiles']} detector tiles"
-                    + (" and the overview pass" if chain.get("detector_invokes", 0) > chain["tiles"] else "")
+                    + _overview_words(chain.get("detector_invokes", 0) - chain["tiles"])
                 )
                 + ", "
                 f"{chain.get('galaxies', chain['crops'])} galaxies, {chain['crops']} of them classified "
@@ -598,6 +598,13 @@ def write_outputs(result: dict, json_path: Path | None, markdown_path: Path | No
 
 def _icount_value(entry: dict) -> float:
     return entry.get("instructions_per_frame", entry.get("instructions_per_invoke", 0.0))
+
+
+def _overview_words(invokes: int) -> str:
+    """How the bench's report names the overview pass's invokes."""
+    if invokes <= 0:
+        return ""
+    return " and the overview pass" + (f" ({invokes} invokes)" if invokes > 1 else "")
 
 
 def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict) -> dict:

@@ -60,7 +60,7 @@ def _probe(argv: list[str]) -> None:
         from edge.chain import Chain, ChainSettings
         from edge.models import Classifier, Detector
         from edge.sources import Frame
-        from edge.tiling import needs_tiling, tile_layout
+        from edge.tiling import needs_tiling, overview_layout, tile_layout
 
         detector_path, classifier_path, frame_path, count = rest[0], rest[1], rest[2], int(rest[3])
         image = cv2.imread(frame_path)
@@ -72,7 +72,8 @@ def _probe(argv: list[str]) -> None:
             chain.process(Frame(index + 1, image, "icount", 0.0))
         tiled = needs_tiling(detector, image.shape)
         tiles = len(tile_layout(detector, image.shape)) if tiled else 1
-        invokes = tiles + int(bool(tiled and detector.overview_min_side))  # the card's overview pass
+        overview = len(overview_layout(detector, image.shape)) if tiled and detector.overview_min_side else 0
+        invokes = tiles + overview  # the card's overview pass: one invoke, or its own tiles
         # What the frame cost is made of, for the caller's breakdown (stdout; the count is on stderr).
         classified = sum(t.classifications > 0 for t in result.tracks) if classifier else 0
         twin = int(image.shape[:2] in detector.frame_models)  # one invoke of the whole-frame twin

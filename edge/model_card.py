@@ -21,6 +21,9 @@ runtime uses are:
         "overview_min_side": 256,                     # optional: tiled frames also run whole (see
                                                       # edge.tiling.detect_overview), keeping its
                                                       # boxes of at least this many frame pixels
+        "overview_fit": "cover",                      # optional: the overview's frame shrunk until
+                                                      # its shorter side fills the input, and tiled
+                                                      # ("contain", the default: whole in one input)
         "box_voting": true,                           # optional: kept boxes = score-weighted means
         "outputs": {"boxes": 0, "scores": 1}          # output tensor order
       },
@@ -92,6 +95,9 @@ def anchors_from_grid(grid: dict) -> list[list[float]]:
     return np.concatenate(levels).tolist() if levels else []
 
 
+OVERVIEW_FITS = ("contain", "cover")
+
+
 @dataclass
 class Decoding:
     type: str = "ssd"
@@ -105,6 +111,7 @@ class Decoding:
     containment: float | None = None  # drop boxes nested this much in a better one (None: off)
     box_voting: bool = False  # each kept box becomes the score-weighted mean of its cluster
     overview_min_side: float | None = None  # tiled frames: whole-frame boxes this large join (None: off)
+    overview_fit: str = "contain"  # the overview's frame shrunk whole into the input, or "cover"
 
 
 @dataclass
@@ -165,12 +172,16 @@ def read_model_card(model_path: Path | str) -> ModelCard:
                 containment=spec.get("containment"),
                 box_voting=bool(spec.get("box_voting", False)),
                 overview_min_side=spec.get("overview_min_side"),
+                overview_fit=str(spec.get("overview_fit", "contain")),
             )
             if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
                 raise KeyError("decoding.anchor_grid")
             overview = decoding.overview_min_side
             if overview is not None and (isinstance(overview, bool) or float(overview) <= 0):
                 raise ValueError(f"decoding.overview_min_side must be a size in pixels, not {overview!r}")
+            if decoding.overview_fit not in OVERVIEW_FITS:
+                fits = " or ".join(OVERVIEW_FITS)
+                raise ValueError(f"decoding.overview_fit must be {fits}, not {decoding.overview_fit!r}")
         verification = None
         if task == "verifier":
             verification = dict(raw["verification"])

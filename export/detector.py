@@ -160,9 +160,11 @@ def write_detector_card(
             # Off: a box nested in a better one is often a galaxy of its own in a larger galaxy's box
             # (docs/detector.md: containment); the runtime still honours a card that sets it.
             "containment": None,
-            # Tiled frames also run whole, shrunk, for galaxies larger than a tile (docs/detector.md:
-            # overview pass); its boxes of at least this many frame pixels join the tiles'.
-            "overview_min_side": 256,
+            # Tiled frames also run whole, shrunk until the shorter side fills the input, for galaxies
+            # larger than a tile (docs/detector.md: overview pass, a finer overview); its boxes of at
+            # least this many frame pixels join the tiles'.
+            "overview_min_side": 128,
+            "overview_fit": "cover",
             "box_voting": True,
             "max_detections": 200,
             "outputs": order,

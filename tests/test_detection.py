@@ -460,7 +460,8 @@ def test_detector_trains_resumes_exports_int8_and_runs_on_the_edge(tmp_path: Pat
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["coco"]["map50"] >= 0.5, report["coco"]
     assert (tmp_path / "eval" / "pr_curve.png").is_file()
-    assert card["decoding"]["overview_min_side"] == 256  # export's default (docs/detector.md: overview)
+    # export's defaults (docs/detector.md: overview pass, a finer overview)
+    assert card["decoding"]["overview_min_side"] == 128 and card["decoding"]["overview_fit"] == "cover"
 
     # The same network exported for whole 160x160 frames (one invoke per frame, no tiles),
     # calibrated on the training frames, its parity measured on the held-out ones.

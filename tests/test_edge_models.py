@@ -172,6 +172,10 @@ def test_missing_card_and_wrong_task_are_clear_errors(tiny_models, tmp_path: Pat
     (tmp_path / "overview.json").write_text(json.dumps(card))
     with pytest.raises(GalaxyEdgeError, match=r"overview\.json: .*overview_min_side must be a size"):
         Detector(tmp_path / "overview.tflite")
+    card["decoding"].update(overview_min_side=128, overview_fit="fill")
+    (tmp_path / "overview.json").write_text(json.dumps(card))
+    with pytest.raises(GalaxyEdgeError, match=r"overview\.json: .*overview_fit must be contain or cover"):
+        Detector(tmp_path / "overview.tflite")
 
 
 def test_edgetpu_model_without_libedgetpu_says_so(tiny_models, tmp_path: Path) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import itertools
 
+import cv2
 import numpy as np
 
-from edge.models import Detections, Detector
+from edge.models import Detections, Detector, resize_like_runtime
 from edge.tiling import (
     CUT_PIECE_COVERED,
     FUSE_OVERLAP,
@@ -16,6 +17,9 @@ from edge.tiling import (
     detect_tiled,
     merge_tiles,
     needs_tiling,
+    overview_layout,
+    overview_size,
+    shrink_frame,
     tile_layout,
     tile_origins,
 )
@@ -200,6 +204,46 @@ def test_the_overview_pass_sees_the_whole_frame_and_keeps_its_large_boxes(tiny_m
     assert len(overviews) == 4
 
 
+def test_a_covering_overview_fills_the_input_with_the_shorter_side_and_tiles_the_longer(tiny_models) -> None:
+    """With the card's overview_fit "cover", the overview shrinks the frame until its shorter side fills
+    the input and tiles the rest like the frame: boxes come back in frame pixels, cut only at the
+    shrunk tiles' inner border, and those under overview_min_side frame pixels are left out."""
+    detector = Detector(tiny_models["detector"])  # 64x64 input
+    assert detector.overview_fit == "contain"
+    assert overview_size(detector, (240, 320)) == (0.2, 64, 48)
+    assert len(overview_layout(detector, (240, 320))) == 1
+    detector.overview_fit, detector.overview_min_side = "cover", 10
+    scale, width, height = overview_size(detector, (240, 320))
+    assert scale == 64 / 240 and (width, height) == (85, 64)
+    layout = overview_layout(detector, (240, 320))
+    assert layout == [(0, 0, 64, 64), (21, 0, 64, 64)]
+    assert overview_size(detector, (32, 40)) == (1.0, 40, 32)  # never enlarged: padded to the input
+    frame = np.full((240, 320, 3), 30, np.uint8)
+    seen = []
+
+    def detect_image(image: np.ndarray, offset=(0.0, 0.0)) -> Detections:
+        if image.shape[:2] != (64, 64) or offset[1] != 0 or image[0, 0, 0] != 30:
+            raise AssertionError("only the overview's tiles run here")
+        seen.append(offset)
+        # one box wholly inside each tile, and one against the first tile's inner (right) border
+        shift = np.array([offset[0], 0, offset[0], 0], np.float32)
+        boxes = np.array([[10, 10, 50, 50], [40, 20, 64, 50]], np.float32) + shift
+        return Detections(boxes, np.array([0.8, 0.7], np.float32), np.zeros(2, np.int32))
+
+    detector.detect_image = detect_image
+    found, cut = detect_overview(detector, frame)
+    assert seen == [(0, 0), (21, 0)]
+    expected = np.array([[10, 10, 50, 50], [40, 20, 64, 50], [31, 10, 71, 50], [61, 20, 85, 50]]) / scale
+    np.testing.assert_allclose(found.boxes, expected.clip(0, 320), atol=1e-3)
+    # The first tile's box at its right border was cut by the second tile; the second's at the
+    # frame's right edge was not.
+    assert cut.tolist() == [False, True, False, False]
+    detector.overview_min_side = 120  # frame pixels: the 150-pixel boxes come back, the 112.5 ones not
+    found, cut = detect_overview(detector, frame)
+    np.testing.assert_allclose(found.boxes, expected[[0, 2]], atol=1e-3)
+    assert not cut.any()
+
+
 def test_tracker_keeps_ids_and_votes_classes() -> None:
     tracker = IouTracker(iou_threshold=0.3, max_misses=2, reclassify_every=5)
     boxes = np.array([[10, 10, 30, 30], [100, 100, 140, 120]], np.float32)
@@ -332,3 +376,25 @@ def test_a_whole_frame_twin_takes_frames_of_its_size_in_one_invoke(tiny_models, 
         assert "beside" in str(error)
     else:
         raise AssertionError("a frame model in another folder must be refused")
+
+
+def test_the_overview_shrink_takes_whole_pixel_means_then_the_rest_bilinearly() -> None:
+    """shrink_frame: a whole-number factor is OpenCV's INTER_AREA exactly; 2.25 times is the 2 x 2 means,
+    then bilinear, within a grey level of INTER_AREA in one step on a smooth frame; exact shrinking
+    (edge.resize) and frames the whole-number part does not divide keep the runtime's resize."""
+    rows, columns = np.mgrid[0:360, 0:640]
+    frame = np.dstack([(rows * 0.5 + columns * 0.25) % 256, columns * 0.3, rows * 0.6]).astype(np.uint8)
+    four = shrink_frame(frame, 160, 90, exact_shrink=False)
+    np.testing.assert_array_equal(four, cv2.resize(frame, (160, 90), interpolation=cv2.INTER_AREA))
+    small = shrink_frame(frame, 284, 160, exact_shrink=False)
+    one_step = cv2.resize(frame, (284, 160), interpolation=cv2.INTER_AREA)
+    assert small.shape == (160, 284, 3)
+    difference = np.abs(small.astype(int) - one_step)[2:-2, 2:-2]  # away from the wrap of channel 0
+    assert np.median(difference) <= 1 and np.percentile(difference, 95) <= 2
+    np.testing.assert_array_equal(
+        shrink_frame(frame, 284, 160, exact_shrink=True), resize_like_runtime(frame, 284, 160, True)
+    )
+    odd = frame[:, :639]  # 639 is not a multiple of 2
+    np.testing.assert_array_equal(
+        shrink_frame(odd, 284, 160, exact_shrink=False), resize_like_runtime(odd, 284, 160, False)
+    )
