@@ -172,7 +172,7 @@ def read_model_card(model_path: Path | str) -> ModelCard:
                 containment=spec.get("containment"),
                 box_voting=bool(spec.get("box_voting", False)),
                 overview_min_side=spec.get("overview_min_side"),
-                overview_fit=str(spec.get("overview_fit", "contain")),
+                overview_fit=str(spec.get("overview_fit") or "contain"),  # absent or null: the default
             )
             if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
                 raise KeyError("decoding.anchor_grid")

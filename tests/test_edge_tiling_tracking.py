@@ -380,17 +380,17 @@ def test_a_whole_frame_twin_takes_frames_of_its_size_in_one_invoke(tiny_models, 
 
 def test_the_overview_shrink_takes_whole_pixel_means_then_the_rest_bilinearly() -> None:
     """shrink_frame: a whole-number factor is OpenCV's INTER_AREA exactly; 2.25 times is the 2 x 2 means,
-    then bilinear, within a grey level of INTER_AREA in one step on a smooth frame; exact shrinking
+    then bilinear, within one grey level of INTER_AREA in one step on a smooth frame; exact shrinking
     (edge.resize) and frames the whole-number part does not divide keep the runtime's resize."""
     rows, columns = np.mgrid[0:360, 0:640]
-    frame = np.dstack([(rows * 0.5 + columns * 0.25) % 256, columns * 0.3, rows * 0.6]).astype(np.uint8)
+    frame = np.dstack([rows * 0.3 + columns * 0.2, columns * 0.3, rows * 0.6]).astype(np.uint8)
     four = shrink_frame(frame, 160, 90, exact_shrink=False)
     np.testing.assert_array_equal(four, cv2.resize(frame, (160, 90), interpolation=cv2.INTER_AREA))
     small = shrink_frame(frame, 284, 160, exact_shrink=False)
     one_step = cv2.resize(frame, (284, 160), interpolation=cv2.INTER_AREA)
     assert small.shape == (160, 284, 3)
-    difference = np.abs(small.astype(int) - one_step)[2:-2, 2:-2]  # away from the wrap of channel 0
-    assert np.median(difference) <= 1 and np.percentile(difference, 95) <= 2
+    difference = np.abs(small.astype(int) - one_step)
+    assert difference.max() <= 1 and (difference == 0).mean() > 0.5
     np.testing.assert_array_equal(
         shrink_frame(frame, 284, 160, exact_shrink=True), resize_like_runtime(frame, 284, 160, True)
     )
