@@ -8,6 +8,8 @@ is the cost of K invokes or frames, start-up and warm-up excluded.
     python -m edge.icount model PATH K
     python -m edge.icount chain DETECTOR CLASSIFIER|none FRAME K
     python -m edge.icount chain-unverified DETECTOR none FRAME K   (the verifier its card names left out)
+    python -m edge.icount proposals FRAME K
+    python -m edge.icount overview DETECTOR contain|cover FRAME K
 
 The chain classifies every galaxy on every frame (those over the classifier card's resolution floor;
 smaller ones are "unresolved", as `galaxy-edge run` leaves them) and detects over every tile (the full
@@ -51,6 +53,19 @@ def _probe(argv: list[str]) -> None:
         sky_proposals(image, settings)  # warm-up
         for _ in range(int(rest[1])):
             sky_proposals(image, settings)
+    elif mode == "overview":  # the detector's overview pass on one frame (edge.tiling.detect_overview)
+        import cv2
+
+        from edge.models import Detector
+        from edge.tiling import detect_overview
+
+        cv2.setNumThreads(0)  # as for the chain, below
+        detector, image = Detector(rest[0], 1, verify=False), cv2.imread(rest[2])
+        detector.overview_fit = rest[1]  # "contain" or "cover", whatever the card says
+        detector.overview_min_side = detector.overview_min_side or 1
+        detect_overview(detector, image)  # warm-up
+        for _ in range(int(rest[3])):
+            detect_overview(detector, image)
     else:
         import cv2
 

@@ -138,7 +138,10 @@ def shrink_frame(frame_bgr: np.ndarray, width: int, height: int, exact_shrink: b
     (resize_like_runtime), except that without exact_shrink a shrink of 2 times or more takes
     OpenCV's INTER_AREA only for its whole-number part (the means of step x step pixels), then
     INTER_LINEAR the rest of the way (under 2 times). INTER_AREA is fast only for whole-number
-    factors: 1280x720 to 569x320 in one step costs about 45 M arm64 instructions, this way a few M."""
+    factors: shrinking 1280x720 to 569x320 in one step made the overview pass cost 39 M arm64
+    instructions more than this way does (docs/detector.md, "A finer overview"). Here and not in
+    resize_like_runtime, which every model's input and crop goes through: of those, only the
+    overview shrinks a whole tiled frame by a fractional factor on every frame."""
     frame_height, frame_width = frame_bgr.shape[:2]
     step = min(frame_width // width, frame_height // height)
     if exact_shrink or step < 2 or frame_width % step or frame_height % step:
