@@ -58,7 +58,7 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     train = verbs.add_parser(
         "train",
         help="train the classifier (--classifier), the detector (--detector) or the detector's "
-        "verifier (--verifier)",
+        "verifier (--verifier) or box refiner (--box-refiner)",
         formatter_class=formatter,
         epilog="example:\n  galaxy-edge train --classifier --data data/sim.h5 "
         "--config runs/tune/tuning.json --out runs/classifier\n"
@@ -66,7 +66,9 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "  galaxy-edge train --detector --data MY_LABELIMG_DIR --from models/galaxy_detector.keras "
         "--out runs/my_detector\n"
         "  galaxy-edge train --verifier --detector-model models/galaxy_detector_int8.tflite "
-        "--data data/det_harvest --out runs/verifier",
+        "--data data/det_harvest --out runs/verifier\n"
+        "  galaxy-edge train --box-refiner --detector-model models/galaxy_detector_int8.tflite "
+        "--data data/det_harvest --out runs/box_refiner",
     )
     task = train.add_mutually_exclusive_group(required=True)
     task.add_argument("--classifier", action="store_true", help="train the Galaxy10 classifier")
@@ -76,6 +78,12 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         action="store_true",
         help="train a second look at a detector's candidates (--detector-model) on labelImg frames it "
         "never trained on",
+    )
+    task.add_argument(
+        "--box-refiner",
+        action="store_true",
+        help="train a second look at a detector's boxes (--detector-model): their extent from their own "
+        "pixels, on labelImg frames it never trained on",
     )
     _data_options(train)
     detection_cli.add_train_options(train)
@@ -275,6 +283,8 @@ def run_tune(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     if args.verifier:
         return detection_cli.run_train_verifier(args)
+    if args.box_refiner:
+        return detection_cli.run_train_box_refiner(args)
     if args.detector:
         if args.frames:
             from galaxy_edge.errors import GalaxyEdgeError

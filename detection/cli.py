@@ -93,15 +93,18 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_verifier_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("verifier options (--verifier)")
+    group = parser.add_argument_group("verifier and box refiner options (--verifier, --box-refiner)")
     group.add_argument(
-        "--detector-model", type=Path, help="the detector .tflite whose candidates the verifier re-scores"
+        "--detector-model",
+        type=Path,
+        help="the detector .tflite whose candidates the verifier re-scores (or whose boxes the box "
+        "refiner refines)",
     )
     group.add_argument(
         "--max-side",
         type=float,
-        default=32.0,
-        help="candidates whose longer side reaches this many pixels keep the detector's score",
+        help="candidates whose longer side reaches this many pixels keep the detector's score (default "
+        "32), or its box (--box-refiner, default 64)",
     )
     group.add_argument(
         "--candidate-threshold",
@@ -154,7 +157,7 @@ def run_train_verifier(args: argparse.Namespace) -> int:
         epochs=args.epochs or 8,
         batch_size=args.batch_size or 256,
         config=VerifierConfig(
-            max_side=args.max_side,
+            max_side=args.max_side or 32.0,
             candidate_threshold=args.candidate_threshold,
             shift=args.shift_pixels,
             **({"sky_proposals": None} if args.no_sky_proposals else {}),
@@ -167,6 +170,31 @@ def run_train_verifier(args: argparse.Namespace) -> int:
         f"wrote {args.out / 'verifier.keras'}: validation AUC {validation['auc']:.4f} "
         f"(the detector's score alone {validation['detector_auc']:.4f}) on {validation['candidates']} "
         "candidates"
+    )
+    return 0
+
+
+def run_train_box_refiner(args: argparse.Namespace) -> int:
+    from detection.box_refiner import BoxRefinerConfig, train_box_refiner
+    from galaxy_edge.errors import GalaxyEdgeError
+
+    if args.detector_model is None:
+        raise GalaxyEdgeError("--box-refiner needs --detector-model DETECTOR.tflite")
+    if args.data is None:
+        raise GalaxyEdgeError("--box-refiner needs --data: labelImg frames the detector never trained on")
+    summary = train_box_refiner(
+        args.detector_model,
+        args.data,
+        args.out,
+        epochs=args.epochs or 40,
+        batch_size=args.batch_size or 256,
+        config=BoxRefinerConfig(max_side=args.max_side or 64.0, candidate_threshold=args.candidate_threshold),
+    )
+    gain = summary["validation"]
+    print(
+        f"wrote {args.out / 'box_refiner.keras'}: on {gain['boxes']} validation boxes, mean IoU with the "
+        f"galaxies' boxes {gain['mean_iou'][0]:.3f} -> {gain['mean_iou'][1]:.3f}, at IoU 0.5 "
+        f"{gain['share_iou_0.5'][0]:.3f} -> {gain['share_iou_0.5'][1]:.3f}"
     )
     return 0
 

@@ -612,12 +612,15 @@ def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict)
     over the classifier's resolution floor), and its stages: detector and classifier invokes (count x
     per invoke), detection's own work (tiling, input lookup tables, decoding, NMS, tracking), the
     verification (when the detector's card names a verifier: decoding down to its candidate
-    threshold, patches, invokes, re-scoring) and the crops' (cropping, resizing, softmax)."""
+    threshold, patches, invokes, re-scoring), the box refinement (when it names a box refiner:
+    patches, invokes, deltas) and the crops' (cropping, resizing, softmax)."""
     from edge.icount import per_run
 
     whole, printed = per_run(["chain", str(detector), str(classifier), str(frame)], 1)
     detect_only, _ = per_run(["chain", str(detector), "none", str(frame)], 1)
-    unverified = detect_only
+    unrefined = unverified = detect_only
+    if "box_refiner" in models:
+        unrefined, _ = per_run(["chain-unrefined", str(detector), "none", str(frame)], 1)
     if "verifier" in models:
         unverified, _ = per_run(["chain-unverified", str(detector), "none", str(frame)], 1)
     tiles, invokes, galaxies, crops, twin = (
@@ -634,7 +637,9 @@ def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict)
         "detection_tiling_decoding_nms_tracking": unverified - detector_invokes,
     }
     if "verifier" in models:
-        stages["verification"] = detect_only - unverified
+        stages["verification"] = unrefined - unverified
+    if "box_refiner" in models:
+        stages["box_refinement"] = detect_only - unrefined
     stages["classifier_invokes"] = classifier_invokes
     stages["cropping_resizing_softmax"] = whole - detect_only - classifier_invokes
     return {
@@ -663,8 +668,9 @@ def arm_instruction_counts(
 
     items = {"detector": detector, "classifier": classifier}
     card = read_model_card(detector)
-    if card.raw.get("verifier"):
-        items["verifier"] = Path(detector).parent / card.raw["verifier"]
+    for companion in ("verifier", "box_refiner"):
+        if card.raw.get(companion):
+            items[companion] = Path(detector).parent / card.raw[companion]
     for name in card.raw.get("frame_models", []):  # whole-frame twins, per invoke
         height, width = load_interpreter(Path(detector).parent / name).get_input_details()[0]["shape"][1:3]
         items[f"detector_{width}x{height}"] = Path(detector).parent / name

@@ -8,6 +8,7 @@ is the cost of K invokes or frames, start-up and warm-up excluded.
     python -m edge.icount model PATH K
     python -m edge.icount chain DETECTOR CLASSIFIER|none FRAME K
     python -m edge.icount chain-unverified DETECTOR none FRAME K   (the verifier its card names left out)
+    python -m edge.icount chain-unrefined DETECTOR none FRAME K    (the box refiner its card names left out)
     python -m edge.icount proposals FRAME K
     python -m edge.icount overview DETECTOR contain|cover FRAME K
 
@@ -80,6 +81,8 @@ def _probe(argv: list[str]) -> None:
         detector_path, classifier_path, frame_path, count = rest[0], rest[1], rest[2], int(rest[3])
         image = cv2.imread(frame_path)
         detector = Detector(detector_path, 1, verify=mode != "chain-unverified")
+        if mode == "chain-unrefined":
+            detector.box_refiner = None
         classifier = Classifier(classifier_path, 1) if classifier_path != "none" else None
         chain = Chain(detector, classifier, ChainSettings(reclassify_every=1))
         result = chain.process(Frame(0, image, "icount", 0.0))

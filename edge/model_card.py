@@ -5,7 +5,7 @@ runtime uses are:
 
     {
       "format_version": 1,
-      "task": "classifier" | "detector",
+      "task": "classifier" | "detector" | "verifier" | "box_refiner",
       "labels": ["galaxy"],
       "input": {"color_order": "RGB", "mean": [0, 0, 0], "std": [1, 1, 1], "resize": "stretch"},
       "decoding": {                                   # detectors only
@@ -28,6 +28,7 @@ runtime uses are:
         "outputs": {"boxes": 0, "scores": 1}          # output tensor order
       },
       "verifier": "galaxy_verifier_int8.tflite",      # detectors, optional: re-scores candidates
+      "box_refiner": "galaxy_box_refiner_int8.tflite",  # detectors, optional: refines small boxes
       "frame_models": ["galaxy_detector_1280x720_int8.tflite"],  # detectors, optional: the same
                                                       # network exported for whole frames of a size;
                                                       # frames of that size run through it, one invoke
@@ -44,6 +45,8 @@ runtime uses are:
           "star_concentration_range": [0.28, 0.72]}                     # concentration over its stars'
                                                                         # (frames outside: not re-scored)
       },
+      "refinement": {"context": 1.5, "max_side": 64,  # box refiners only (edge.models.BoxRefiner):
+        "delta_scale": 0.2},                          # boxes under max_side get the model's deltas
       "resolution_floor_px": 32,                      # classifiers, optional: detections whose box's
                                                       # longer side is under this are "unresolved", not
                                                       # classified (measured: evaluate --frames)
@@ -70,6 +73,7 @@ VERIFICATION_KEYS = (
     "candidate_threshold",
     "score_threshold",
 )
+REFINEMENT_KEYS = ("context", "max_side", "delta_scale")
 
 
 def anchors_from_grid(grid: dict) -> list[list[float]]:
@@ -126,6 +130,7 @@ class ModelCard:
     decoding: Decoding | None = None
     score_step: float | None = None
     verification: dict | None = None
+    refinement: dict | None = None
     resolution_floor_px: float | None = None
     raw: dict = field(default_factory=dict)
 
@@ -188,8 +193,16 @@ def read_model_card(model_path: Path | str) -> ModelCard:
             for key in VERIFICATION_KEYS:
                 if key not in verification:
                     raise KeyError(f"verification.{key}")
-        elif task not in ("classifier", "detector"):
-            raise KeyError(f"task (got {task!r}, expected classifier, detector or verifier)")
+        refinement = None
+        if task == "box_refiner":
+            refinement = dict(raw["refinement"])
+            for key in REFINEMENT_KEYS:
+                if key not in refinement:
+                    raise KeyError(f"refinement.{key}")
+                if isinstance(refinement[key], bool) or not float(refinement[key]) > 0:
+                    raise ValueError(f"refinement.{key} must be a number over 0, not {refinement[key]!r}")
+        elif task not in ("classifier", "detector", "verifier"):
+            raise KeyError(f"task (got {task!r}, expected classifier, detector, verifier or box_refiner)")
         floor = raw.get("resolution_floor_px")
         if floor is not None and (isinstance(floor, bool) or float(floor) < 0):
             raise ValueError(f"resolution_floor_px must be a size in pixels, not {floor!r}")
@@ -204,6 +217,7 @@ def read_model_card(model_path: Path | str) -> ModelCard:
             decoding=decoding,
             score_step=raw.get("quantization", {}).get("step"),
             verification=verification,
+            refinement=refinement,
             resolution_floor_px=None if floor is None else float(floor),
             raw=raw,
         )

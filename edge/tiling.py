@@ -259,7 +259,11 @@ class RollingTiles:
             cut = np.zeros(len(found), bool)
         else:
             found, cut = detect_tile(self.detector, frame_bgr, tile)
-        return self.detector.rescore(frame_bgr, found, self.sky), cut
+        verified = self.detector.rescore(frame_bgr, found, self.sky)
+        # The box refiner looks at the tile's detector boxes that will be kept (the whole-frame path
+        # refines after the merge; here each box is refined once, when its tile runs).
+        boxed = (verified.scores >= self.detector.score_threshold) & (tile != self.SKY)
+        return self.detector.refine(frame_bgr, verified, found.scores, boxed), cut
 
     @property
     def refresh_frames(self) -> int:

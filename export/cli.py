@@ -57,8 +57,9 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     export.add_argument(
         "--detector",
         type=Path,
-        help="verifier, or detector exported with --frame-size: the (tiled) detector .tflite whose card "
-        "is to name this one (same folder); its verifier then serves the whole-frame twin too",
+        help="verifier, box refiner, or detector exported with --frame-size: the (tiled) detector .tflite "
+        "whose card is to name this one (same folder); its verifier and box refiner then serve the "
+        "whole-frame twin too",
     )
     export.add_argument(
         "--psf-calibration",
@@ -78,12 +79,15 @@ def calibration_source(args: argparse.Namespace) -> Path:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from detection.box_refiner import is_box_refiner
     from detection.verifier import is_verifier
     from export.detector import is_detector
     from galaxy_edge.errors import GalaxyEdgeError
 
     if is_verifier(args.model):
         return run_export_verifier(args)
+    if is_box_refiner(args.model):
+        return run_export_box_refiner(args)
     if args.psf_calibration is not None:
         raise GalaxyEdgeError(f"{args.model}: --psf-calibration is for a verifier (train --verifier)")
     if args.data is None:
@@ -255,18 +259,37 @@ def run_export_verifier(args: argparse.Namespace) -> int:
     if args.detector:
         print(f"{args.detector}'s card now names {args.out.name}")
     if args.to == "int8":
-        readiness = edgetpu_readiness(args.out)
-        print(
-            f"Edge TPU ready: {'yes' if readiness['ready'] else 'no'}"
-            + "".join(f"\n  {p}" for p in readiness["problems"])
-        )
+        _print_readiness(edgetpu_readiness(args.out))
     return 0
 
 
-def _print_readiness(readiness: dict | None, report_json: Path, report_md: Path) -> None:
+def run_export_box_refiner(args: argparse.Namespace) -> int:
+    from export.box_refiner import export_box_refiner
+    from export.reports import edgetpu_readiness
+
+    parity = export_box_refiner(args.model, args.out, args.to, args.calibration_count, args.detector)
+    exported, reference = parity[args.to], parity["float32"]
+    size_kb = args.out.stat().st_size / 1024
+    print(
+        f"wrote {args.out} ({size_kb:.0f} KB): on {exported['boxes']} validation boxes, mean IoU with "
+        f"the galaxies' {exported['mean_iou'][0]:.3f} -> float32 {reference['mean_iou'][1]:.3f}, "
+        f"{args.to} {exported['mean_iou'][1]:.3f}; at IoU 0.5 {exported['share_iou_0.5'][0]:.3f} -> "
+        f"{reference['share_iou_0.5'][1]:.3f}, {exported['share_iou_0.5'][1]:.3f}"
+    )
+    if args.detector:
+        print(f"{args.detector}'s card now names {args.out.name}")
+    if args.to == "int8":
+        _print_readiness(edgetpu_readiness(args.out))
+    return 0
+
+
+def _print_readiness(
+    readiness: dict | None, report_json: Path | None = None, report_md: Path | None = None
+) -> None:
     if readiness is not None:
         print(
             f"Edge TPU ready: {'yes' if readiness['ready'] else 'no'}"
             + "".join(f"\n  {p}" for p in readiness["problems"])
         )
-    print(f"report: {report_json}, {report_md}")
+    if report_json is not None:
+        print(f"report: {report_json}, {report_md}")

@@ -207,8 +207,9 @@ def attach_frame_model(detector: Path, frame_model: Path) -> Path:
         if name != frame_model.name and not (other.is_file() and input_size(other) == shape):
             kept.append(name)
     base["frame_models"] = [*kept, frame_model.name]
-    if base.get("verifier"):
-        twin["verifier"] = base["verifier"]
+    for companion in ("verifier", "box_refiner"):
+        if base.get(companion):
+            twin[companion] = base[companion]
     card_path(frame_model).write_text(json.dumps(twin, indent=1))
     card_path(detector).write_text(json.dumps(base, indent=1))
     return card_path(detector)

@@ -109,13 +109,19 @@ def export_verifier(
 
 def attach_verifier(detector: Path, verifier: Path) -> Path:
     """Name the verifier in the detector's card (they must share a folder)."""
+    return attach_companion(detector, verifier, "verifier")
+
+
+def attach_companion(detector: Path, model: Path, key: str) -> Path:
+    """Name a model trained on the detector's candidates (its verifier, its box refiner) in the
+    detector's card under `key`; they must share a folder."""
     detector_card = card_path(detector)
-    if Path(verifier).resolve().parent != Path(detector).resolve().parent:
-        raise GalaxyEdgeError(f"{verifier}: a verifier must sit beside its detector {detector}")
+    if Path(model).resolve().parent != Path(detector).resolve().parent:
+        raise GalaxyEdgeError(f"{model}: a {key.replace('_', ' ')} must sit beside its detector {detector}")
     if not detector_card.is_file():
         raise GalaxyEdgeError(f"model card not found: {detector_card}")
     values = json.loads(detector_card.read_text())
-    values["verifier"] = Path(verifier).name
+    values[key] = Path(model).name
     detector_card.write_text(json.dumps(values, indent=1))
     return detector_card
 
