@@ -312,6 +312,8 @@ def evaluate_detector(
         report["score_threshold"] = threshold
         if detector.verifier is not None:
             report["verifier"] = str(detector.verifier.path)
+        if detector.box_refiner is not None:
+            report["box_refiner"] = str(detector.box_refiner.path)
         if data:
             pairs = usable_pairs(data)
             detector.score_threshold = map_threshold(detector)

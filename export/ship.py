@@ -39,6 +39,8 @@ def merge_evaluation(card_path: Path, evaluation_path: Path, key: str = "simulat
         # A detector evaluated with its verifier: those figures go beside the detector's own.
         metrics = metrics.setdefault("with_verifier", {})
         metrics["verifier"] = Path(report["verifier"]).name
+    if report.get("box_refiner"):  # the card's optional box refiner was on: say so beside the figures
+        metrics["box_refiner"] = Path(report["box_refiner"]).name
     metrics["evaluated_model"] = report.get("model")
     if "data" in report and "accuracy" in report.get("data", {}):  # classifier
         data = report["data"]

@@ -219,6 +219,12 @@ def test_the_shipped_box_refiner_raises_map_on_fresh_frames(
     # 1,000 frames of seed 550, +0.019 and +0.037).
     assert refined["map"] >= plain["map"] + 0.015
     assert refined["map50"] >= plain["map50"] - 0.01
+    # `evaluate --detector` runs the same refined pipeline and says the refiner was on.
+    from detection.evaluate import evaluate_detector
+
+    report = evaluate_detector(refined_detector, frames, tmp_path / "eval", draw=0)
+    assert report["box_refiner"].endswith(SHIPPED_REFINER.name)
+    assert report["coco"]["map"] == pytest.approx(refined["map"])
     small_refined, small_plain = _matched_ious(pairs, refined_found), _matched_ious(pairs, plain_found)
     print(f"galaxies under 32 px: mean best IoU {small_plain.mean():.3f} -> {small_refined.mean():.3f}")
     assert small_refined.mean() > small_plain.mean() + 0.01  # measured 0.689 -> 0.707
