@@ -158,7 +158,7 @@ def train_box_refiner(
     out/validation.npz (for the export's parity check)."""
     import keras
 
-    from detection.verifier import turned
+    from detection.verifier import fit_keeping_best, turned
 
     config = config or BoxRefinerConfig()
     if not Path(detector_path).is_file():
@@ -189,17 +189,10 @@ def train_box_refiner(
                 views = turned(patches[take], priors[take], quarter_turns, mirror)
                 yield views, turned_deltas(deltas[take], quarter_turns, mirror)
 
-    target = out / "box_refiner.keras"
-    history = model.fit(
-        batches(),
-        steps_per_epoch=steps,
-        epochs=epochs,
-        validation_data=((patches[validation], priors[validation]), deltas[validation]),
-        callbacks=[keras.callbacks.ModelCheckpoint(target, monitor="val_loss", save_best_only=True)],
-        shuffle=False,  # the generator shuffles
-        verbose=2,
+    validation_data = ((patches[validation], priors[validation]), deltas[validation])
+    history, best = fit_keeping_best(
+        model, batches(), steps, epochs, validation_data, out / "box_refiner.keras"
     )
-    best = keras.models.load_model(target)
     predicted = best.predict((patches[validation], priors[validation]), batch_size=1024, verbose=0)
     summary = {
         "task": "box_refiner",

@@ -290,17 +290,8 @@ def train_verifier(
                 views = turned(moved, priors[take], int(rng.integers(4)), rng.random() < 0.5)
                 yield views, labels[take]
 
-    target = out / "verifier.keras"
-    history = model.fit(
-        batches(),
-        steps_per_epoch=steps,
-        epochs=epochs,
-        validation_data=((central[validation], priors[validation]), labels[validation]),
-        callbacks=[keras.callbacks.ModelCheckpoint(target, monitor="val_loss", save_best_only=True)],
-        shuffle=False,  # the generator shuffles
-        verbose=2,
-    )
-    best = keras.models.load_model(target)
+    validation_data = ((central[validation], priors[validation]), labels[validation])
+    history, best = fit_keeping_best(model, batches(), steps, epochs, validation_data, out / "verifier.keras")
     logits = best.predict((central[validation], priors[validation]), batch_size=1024, verbose=0).reshape(-1)
     summary = {
         "task": "verifier",
@@ -335,6 +326,23 @@ def train_verifier(
         labels=labels[validation],
     )
     return summary
+
+
+def fit_keeping_best(model, batches, steps: int, epochs: int, validation_data: tuple, target: Path):
+    """model.fit on an endless generator of shuffled batches, keeping the epoch with the best validation
+    loss at `target`: the fit's History and that best model (the verifier's and the box refiner's)."""
+    import keras
+
+    history = model.fit(
+        batches,
+        steps_per_epoch=steps,
+        epochs=epochs,
+        validation_data=validation_data,
+        callbacks=[keras.callbacks.ModelCheckpoint(target, monitor="val_loss", save_best_only=True)],
+        shuffle=False,  # the generator shuffles
+        verbose=2,
+    )
+    return history, keras.models.load_model(target)
 
 
 def runtime_config(verifier: Verifier) -> VerifierConfig:

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.model_card import FORMAT_VERSION
-from export.card import save_card, tensor_facts
-from export.verifier import attach_companion
+from export.card import save_card
+from export.verifier import attach_companion, patch_model_card
 from galaxy_edge.errors import GalaxyEdgeError
 
 # Boxes per invoke: the runtime refines only the boxes it keeps (tens a frame), so a smaller batch
@@ -40,21 +39,8 @@ def export_box_refiner(
     count = max(1, calibration_count // BATCH)
     out.write_bytes(convert(model, to, [calibration["patches"], calibration["priors"]], count, batch=BATCH))
     config = summary["config"]
-    facts = tensor_facts(out)
     card = {
-        "format_version": FORMAT_VERSION,
-        "task": "box_refiner",
-        "name": out.stem,
-        "labels": ["galaxy"],
-        "input": {
-            "color_order": "BGR",  # patches are cut from OpenCV's frames as they are
-            "mean": [0, 0, 0],
-            "std": [1, 1, 1],
-            "resize": "patch",
-            "note": "raw 0-255 pixels of box patches (edge.models.candidate_patches)",
-            **next(i for i in facts["inputs"] if len(i["shape"]) == 4),
-        },
-        "outputs": facts["outputs"],
+        **patch_model_card(out, "box_refiner"),
         "refinement": {
             "context": config["context"],
             "max_side": config["max_side"],

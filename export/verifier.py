@@ -51,19 +51,7 @@ def export_verifier(
     config = summary["config"]
     facts = tensor_facts(out)
     card = {
-        "format_version": FORMAT_VERSION,
-        "task": "verifier",
-        "name": out.stem,
-        "labels": ["galaxy"],
-        "input": {
-            "color_order": "BGR",  # patches are cut from OpenCV's frames as they are
-            "mean": [0, 0, 0],
-            "std": [1, 1, 1],
-            "resize": "patch",
-            "note": "raw 0-255 pixels of candidate patches (edge.models.candidate_patches)",
-            **next(i for i in facts["inputs"] if len(i["shape"]) == 4),
-        },
-        "outputs": facts["outputs"],
+        **patch_model_card(out, "verifier"),
         "quantization": {"step": facts["outputs"][0]["quantization"]["scale"]},
         "verification": {
             "context": config["context"],
@@ -105,6 +93,27 @@ def export_verifier(
     if detector is not None:
         attach_verifier(detector, out)
     return parity
+
+
+def patch_model_card(model: Path, task: str) -> dict:
+    """The card fields every model of candidate patches shares (edge.models.PatchModel: the verifier,
+    the box refiner): its task, its patch input and its outputs, from the .tflite."""
+    facts = tensor_facts(model)
+    return {
+        "format_version": FORMAT_VERSION,
+        "task": task,
+        "name": model.stem,
+        "labels": ["galaxy"],
+        "input": {
+            "color_order": "BGR",  # patches are cut from OpenCV's frames as they are
+            "mean": [0, 0, 0],
+            "std": [1, 1, 1],
+            "resize": "patch",
+            "note": "raw 0-255 pixels of candidate patches (edge.models.candidate_patches)",
+            **next(i for i in facts["inputs"] if len(i["shape"]) == 4),
+        },
+        "outputs": facts["outputs"],
+    }
 
 
 def attach_verifier(detector: Path, verifier: Path) -> Path:
