@@ -20,13 +20,14 @@ from edge.tiling import detect_frame
 
 
 def standalone_models(models: Path) -> list[Path]:
-    """The .tflite files in `models` that run on their own: not verifiers nor whole-frame twins, which
-    run inside the detection of the detector whose card names them."""
+    """The .tflite files in `models` that run on their own: not verifiers, box refiners nor whole-frame
+    twins, which run inside the detection of the detector whose card names them."""
     cards = {
         path: json.loads(path.with_suffix(".json").read_text()) for path in sorted(models.glob("*.tflite"))
     }
     inside = {name for card in cards.values() for name in card.get("frame_models", [])}
-    return [path for path, card in cards.items() if card["task"] != "verifier" and path.name not in inside]
+    companions = ("verifier", "box_refiner")
+    return [path for path, card in cards.items() if not (card["task"] in companions or path.name in inside)]
 
 
 def main(models: Path, samples: Path, kernels: str = "default") -> None:
