@@ -226,6 +226,13 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
         action="store_false",
         help="leave out the verifier that the detector's card names: the detector's own scores",
     )
+    group.add_argument(
+        "--box-refiner",
+        type=Path,
+        metavar="FILE",
+        help="refine the detector's boxes with this box refiner .tflite (train --box-refiner, or the "
+        "optional models/galaxy_box_refiner_int8.tflite), in place of any its card names",
+    )
 
 
 def _pairs(folder: Path):
@@ -446,6 +453,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         score_threshold=args.score_threshold,
         draw=args.draw,
         verify=args.verify,
+        box_refiner=args.box_refiner,
     )
     coco = report.get("coco")
     if coco:

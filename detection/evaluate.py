@@ -31,9 +31,9 @@ def map_threshold(detector) -> float:
     return 0.0 if getattr(detector, "verifier", None) is not None else MAP_SCORE_THRESHOLD
 
 
-def open_detector(model_path: Path, workdir: Path, verify: bool = True):
+def open_detector(model_path: Path, workdir: Path, verify: bool = True, box_refiner: Path | None = None):
     """An edge Detector for a .tflite (with its card) or a .keras from `train --detector`
-    (converted to float32 TFLite in workdir first)."""
+    (converted to float32 TFLite in workdir first); with box_refiner, that one refines its boxes."""
     from edge.models import Detector
 
     model_path = Path(model_path)
@@ -45,7 +45,7 @@ def open_detector(model_path: Path, workdir: Path, verify: bool = True):
         target = workdir / f"{model_path.stem}_float32.tflite"
         export_detector(model_path, target, "float32")
         model_path = target
-    return Detector(model_path, verify=verify)
+    return Detector(model_path, verify=verify, box_refiner=box_refiner)
 
 
 def coco_evaluation(detector, pairs: Sequence, labels: Sequence[str]) -> tuple[dict, list]:
@@ -301,13 +301,14 @@ def evaluate_detector(
     score_threshold: float | None = None,
     draw: int = 6,
     verify: bool = True,
+    box_refiner: Path | None = None,
 ) -> dict:
     from annotations.dataset import usable_pairs
 
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"model": str(model_path)}
     with tempfile.TemporaryDirectory() as workdir:
-        detector = open_detector(Path(model_path), Path(workdir), verify)
+        detector = open_detector(Path(model_path), Path(workdir), verify, box_refiner)
         threshold = score_threshold if score_threshold is not None else detector.score_threshold
         report["score_threshold"] = threshold
         if detector.verifier is not None:

@@ -56,6 +56,14 @@ def _verifier_option(parser: argparse.ArgumentParser) -> None:
         help="skip the verifier that the detector's card names (its second look at small candidates); "
         "the detector's own scores and threshold then apply",
     )
+    parser.add_argument(
+        "--box-refiner",
+        type=Path,
+        metavar="FILE",
+        help="refine the detector's boxes under 64 pixels with this box refiner .tflite (the optional "
+        "models/galaxy_box_refiner_int8.tflite, or one from train --box-refiner), in place of any its "
+        "card names",
+    )
 
 
 def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
@@ -344,7 +352,9 @@ def run_chain(args: argparse.Namespace) -> int:
     from edge.sources import open_source
 
     # Models are loaded first so that a missing or corrupt file fails before any frame is read.
-    detector = Detector(args.detector, args.threads, args.runtime, args.kernels, args.verify)
+    detector = Detector(
+        args.detector, args.threads, args.runtime, args.kernels, args.verify, box_refiner=args.box_refiner
+    )
     classifier = Classifier(args.classifier, args.threads, args.runtime, args.kernels)
     settings = ChainSettings(
         tiling=args.tiling,
@@ -393,7 +403,9 @@ def run_detect(args: argparse.Namespace) -> int:
     from edge.chain import Chain, ChainSettings
     from edge.models import Detector
 
-    detector = Detector(args.model, args.threads, args.runtime, args.kernels, args.verify)
+    detector = Detector(
+        args.model, args.threads, args.runtime, args.kernels, args.verify, box_refiner=args.box_refiner
+    )
     chain = Chain(detector, None, ChainSettings(tiling=args.tiling, score_threshold=args.score_threshold))
     images = _Images(args.images)
     for path, image in images:

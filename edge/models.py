@@ -296,6 +296,7 @@ class Detector(TFLiteModel):
         kernels: str = "default",
         verify: bool = True,
         twins: bool = True,
+        box_refiner: Path | str | None = None,
     ) -> None:
         super().__init__(path, threads, runtime, kernels)
         companion = self.card.raw.get("verifier")
@@ -304,7 +305,9 @@ class Detector(TFLiteModel):
             self.verifier = Verifier(self.card.path.parent / companion, threads, runtime, kernels)
             self.score_threshold = self.verifier.score_threshold
         refiner = self.card.raw.get("box_refiner")
-        if verify and refiner:
+        if box_refiner is not None:  # given for this run (--box-refiner FILE), in place of the card's
+            self.box_refiner = BoxRefiner(box_refiner, threads, runtime, kernels)
+        elif verify and refiner:
             # Like the verifier, a companion trained on this detector's boxes; --no-verifier (the
             # detector alone) leaves both out.
             self.box_refiner = BoxRefiner(self.card.path.parent / refiner, threads, runtime, kernels)

@@ -122,6 +122,23 @@ def test_rolling_tiles_refine_each_tile_as_it_runs(refined_detector: Path) -> No
     assert np.median(iou_matrix(rolling.boxes, plain.boxes).max(axis=1)) < 0.95
 
 
+def test_verbs_take_a_box_refiner_for_the_run(tmp_path: Path, run_cli) -> None:
+    """`detect --box-refiner FILE` opts in without editing the card: the same detections, refined boxes;
+    a missing file is named."""
+    sample = str(MODELS.parent / "samples" / "hubble_udf_crop_1280x720.jpg")
+
+    def boxes(*extra) -> np.ndarray:
+        code, out, err = run_cli("detect", sample, "--model", SHIPPED, "--json", *extra)
+        assert code == 0, err
+        return np.array([d["box"] for d in json.loads(out.splitlines()[0])["detections"]])
+
+    plain, refined = boxes(), boxes("--box-refiner", SHIPPED_REFINER)
+    assert plain.shape == refined.shape and np.abs(plain - refined).max() > 0.5
+    missing = tmp_path / "none.tflite"
+    code, _, err = run_cli("detect", sample, "--model", SHIPPED, "--box-refiner", missing)
+    assert code == 2 and str(missing) in err
+
+
 def test_a_box_refiner_card_without_its_settings_is_refused(tmp_path: Path) -> None:
     shutil.copy(SHIPPED_REFINER, tmp_path / "r.tflite")
     card = json.loads(SHIPPED_REFINER.with_suffix(".json").read_text())
@@ -219,10 +236,11 @@ def test_the_shipped_box_refiner_raises_map_on_fresh_frames(
     # 1,000 frames of seed 550, +0.019 and +0.037).
     assert refined["map"] >= plain["map"] + 0.015
     assert refined["map50"] >= plain["map50"] - 0.01
-    # `evaluate --detector` runs the same refined pipeline and says the refiner was on.
+    # `evaluate --detector --box-refiner FILE` on the shipped card runs the same refined pipeline as the
+    # card that names it, and says the refiner was on.
     from detection.evaluate import evaluate_detector
 
-    report = evaluate_detector(refined_detector, frames, tmp_path / "eval", draw=0)
+    report = evaluate_detector(SHIPPED, frames, tmp_path / "eval", draw=0, box_refiner=SHIPPED_REFINER)
     assert report["box_refiner"].endswith(SHIPPED_REFINER.name)
     assert report["coco"]["map"] == pytest.approx(refined["map"])
     small_refined, small_plain = _matched_ious(pairs, refined_found), _matched_ious(pairs, plain_found)
