@@ -95,7 +95,13 @@ def test_round_hides_the_answer_until_played_and_scores_both(client, tmp_path: P
     assert first["player_correct"] == (truth == "merging")
     assert first["machine"]["correct"] == (first["machine"]["class"] == truth)
     probabilities = [r["probability"] for r in first["machine"]["ranked"]]
-    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1.001
+    # The int8 classifier's probabilities are each rounded to its output step (1/256), so even all of
+    # them may sum past 1 by half a step per class: 0.5547 + 0.4258 + 0.0117 + 0.0078 + 0.0039 = 1.0039
+    # for one card of the deck (a clean-clone run, 2026-12-07).
+    classifier = Classifier(CLASSIFIER)
+    # Plus the page's rounding to 4 decimals.
+    bound = 1 + len(classifier.labels) * (classifier.card.score_step or 0.0) / 2 + 5e-4
+    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= bound
     assert first["score"] == {
         "rounds": 1,
         "player": int(first["player_correct"]),
