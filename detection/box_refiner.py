@@ -151,11 +151,14 @@ def train_box_refiner(
     batch_size: int = 256,
     config: BoxRefinerConfig | None = None,
     seed: int = 0,
+    initial: Path | None = None,
+    learning_rate: float | None = None,
 ) -> dict:
     """Harvest the detector's boxes near galaxies on `frames` (harvest_boxes), train with Huber loss on
-    a cosine schedule, and write out/box_refiner.keras (best validation loss; every tenth frame
-    validates), out/box_refiner.json, out/calibration.npz (training boxes for int8 calibration) and
-    out/validation.npz (for the export's parity check)."""
+    a cosine schedule (from 2e-3; from `initial`, a trained refiner's .keras, 2e-4), and write
+    out/box_refiner.keras (best validation loss; every tenth frame validates), out/box_refiner.json,
+    out/calibration.npz (training boxes for int8 calibration) and out/validation.npz (for the export's
+    parity check)."""
     import keras
 
     from detection.verifier import fit_keeping_best, turned
@@ -163,6 +166,8 @@ def train_box_refiner(
     config = config or BoxRefinerConfig()
     if not Path(detector_path).is_file():
         raise GalaxyEdgeError(f"{detector_path}: no such detector (train --box-refiner --detector-model)")
+    if initial is not None and not Path(initial).is_file():  # before the harvest, not after it
+        raise GalaxyEdgeError(f"{initial}: no such box refiner (--from)")
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(seed)
     data = harvest_boxes(detector_path, frames, config)
@@ -172,8 +177,14 @@ def train_box_refiner(
     fit_index = np.flatnonzero(~validation)
     steps = max(1, len(fit_index) // batch_size)
     print(f"{len(data['boxes'])} boxes, {validation.sum()} for validation", file=sys.stderr)
-    model = build_box_refiner(config.patch)
-    schedule = keras.optimizers.schedules.CosineDecay(2e-3, epochs * steps)
+    if initial is not None:
+        model = keras.models.load_model(initial, compile=False)
+        if tuple(model.inputs[0].shape[1:3]) != (config.patch, config.patch):
+            raise GalaxyEdgeError(f"{initial}: its patches are not {config.patch} pixels")
+    else:
+        model = build_box_refiner(config.patch)
+    rate = learning_rate or (2e-4 if initial is not None else 2e-3)
+    schedule = keras.optimizers.schedules.CosineDecay(rate, epochs * steps)
     model.compile(keras.optimizers.Adam(schedule), keras.losses.Huber(1.0))
     rng = np.random.default_rng(seed)
     patches, priors, deltas = data["patches"], data["priors"], data["deltas"]
@@ -199,6 +210,8 @@ def train_box_refiner(
         "config": asdict(config),
         "detector": str(detector_path),
         "frames": str(frames),
+        "from": None if initial is None else str(initial),
+        "learning_rate": rate,
         "boxes": len(data["boxes"]),
         "validation": mean_iou_gain(
             data["boxes"][validation], data["targets"][validation], predicted, config.delta_scale

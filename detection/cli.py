@@ -189,6 +189,8 @@ def run_train_box_refiner(args: argparse.Namespace) -> int:
         epochs=args.epochs or 40,
         batch_size=args.batch_size or 256,
         config=BoxRefinerConfig(max_side=args.max_side or 64.0, candidate_threshold=args.candidate_threshold),
+        initial=args.initial,
+        learning_rate=args.learning_rate,
     )
     gain = summary["validation"]
     print(

@@ -163,6 +163,8 @@ step "box refiner (optional): a second look at the int8 detector's boxes under 6
 $CLI train --box-refiner --detector-model "$VERIFIED/galaxy_detector_int8.tflite" --data "$DATA/verifier_frames" \
     --epochs "$REFINER_EPOCHS" --out "$OUT/box_refiner"
 $CLI export "$OUT/box_refiner/box_refiner.keras" --to int8 --out "$VERIFIED/galaxy_box_refiner_int8.tflite"
+# Its Keras checkpoint, for `train --box-refiner --from` on one's own frames (a new camera's look).
+.venv/bin/python -m export.ship "$OUT/box_refiner/box_refiner.keras" "$VERIFIED/galaxy_box_refiner.keras"
 
 step "detector evaluation: simulated held-out frames, real GZ2 central galaxies, the real SDSS field"
 SKY=../shared/data/sky_frames/sdss_1045_301_2_129.jpg

@@ -287,3 +287,11 @@ def test_train_and_export_a_box_refiner_for_the_shipped_detector(tmp_path: Path,
     assert metrics["max_delta_difference"] < 0.2
     detector = Detector(models / "galaxy_detector_int8.tflite")
     assert detector.box_refiner is not None and detector.verifier is None
+    # Fine-tuning the shipped refiner (its Keras checkpoint) on one's own frames: a tenth of the rate.
+    code, out, err = run_cli(
+        "train", "--box-refiner", "--detector-model", SHIPPED, "--data", frames, "--epochs", "1",
+        "--from", MODELS / "galaxy_box_refiner.keras", "--out", tmp_path / "tuned",
+    )  # fmt: skip
+    assert code == 0, err
+    tuned = json.loads((tmp_path / "tuned" / "box_refiner.json").read_text())
+    assert tuned["from"].endswith("galaxy_box_refiner.keras") and tuned["learning_rate"] == 2e-4
