@@ -359,8 +359,10 @@ class Detector(TFLiteModel):
         """found with the boxes the detector drew (`boxed`, a mask: not the sky proposals, whose boxes
         come from thresholding) refined by the card's box refiner (BoxRefiner.refine, given the
         detector's own scores), when it names one."""
+        if self.box_refiner is None:
+            return found
         chosen = np.flatnonzero(boxed)
-        if self.box_refiner is None or not len(chosen):
+        if not len(chosen):
             return found
         boxes = found.boxes.copy()
         boxes[chosen] = self.box_refiner.refine(frame_bgr, boxes[chosen], np.asarray(detector_scores)[chosen])
@@ -388,6 +390,8 @@ class Detector(TFLiteModel):
         sky = self.sky(frame_bgr)
         candidates = self.with_proposals(found, sky)
         rescored = self.rescore(frame_bgr, candidates, sky)
+        if self.box_refiner is None:
+            return self.keep_confident(rescored)
         keep = self.confident(rescored)
         return self.refine(frame_bgr, rescored.select(keep), candidates.scores[keep], keep < len(found))
 
