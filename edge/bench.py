@@ -480,13 +480,14 @@ def markdown(result: dict) -> str:
         chain = result["arm_icount"].get("chain_1280x720", {})
         if chain:
             twin = chain.get("whole_frame_twin")
+            looks = (
+                f"one invoke of the detector's whole-frame twin ({twin})"
+                if twin
+                else f"{chain['tiles']} detector tiles"
+            )
             lines.append(
-                (
-                    f"\nThe chain's frame: one invoke of the detector's whole-frame twin ({twin})"
-                    if twin
-                    else f"\nThe chain's frame: {chain['tiles']} detector tiles"
-                    + _overview_words(chain.get("detector_invokes", 0) - chain["tiles"])
-                )
+                f"\nThe chain's frame: {looks}"
+                + _overview_words(chain.get("detector_invokes", 0) - chain["tiles"])
                 + ", "
                 f"{chain.get('galaxies', chain['crops'])} galaxies, {chain['crops']} of them classified "
                 "(the others under the classifier's resolution floor)."
@@ -623,14 +624,14 @@ def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict)
         unrefined, _ = per_run(["chain-unrefined", str(detector), "none", str(frame)], 1)
     if "verifier" in models:
         unverified, _ = per_run(["chain-unverified", str(detector), "none", str(frame)], 1)
-    tiles, invokes, galaxies, crops, twin = (
-        int(v)
-        for v in re.findall(r"TILES (\d+) INVOKES (\d+) GALAXIES (\d+) CROPS (\d+) TWIN (\d)", printed)[-1]
-    )
-    # A frame of a whole-frame twin's size runs through the twin (one invoke) instead of the tiles.
+    pattern = r"TILES (\d+) INVOKES (\d+) OVERVIEW (\d+) GALAXIES (\d+) CROPS (\d+) TWIN (\d)"
+    tiles, invokes, overview, galaxies, crops, twin = (int(v) for v in re.findall(pattern, printed)[-1])
+    # A frame of a whole-frame twin's size runs through the twin (one invoke) instead of the tiles; the
+    # overview pass runs the detector itself.
     height, width = cv2.imread(str(frame)).shape[:2]
     network = f"detector_{width}x{height}" if twin else "detector"
-    detector_invokes = invokes * models[network]["instructions_per_invoke"]
+    detector_invokes = (invokes - overview) * models[network]["instructions_per_invoke"]
+    detector_invokes += overview * models["detector"]["instructions_per_invoke"]
     classifier_invokes = crops * models["classifier"]["instructions_per_invoke"]
     stages = {
         "detector_invokes": detector_invokes,

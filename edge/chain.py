@@ -27,7 +27,7 @@ from edge.sinks import (
     track_label,
 )
 from edge.sources import Frame, FrameSource
-from edge.tiling import RollingTiles, detect_tiled, needs_tiling
+from edge.tiling import RollingTiles, detect_tiled, detect_whole, needs_tiling
 from edge.tracking import IouTracker, Track
 
 STAGES = ("capture", "detect", "crop", "classify", "track", "annotate", "write")
@@ -123,7 +123,7 @@ class Chain:
             and needs_tiling(self.detector, image.shape, twins=not self.rolling)
         )
         if not tile:
-            return self.detector.detect(image)
+            return detect_whole(self.detector, image)
         return self.rolling.detect(image) if self.rolling else detect_tiled(self.detector, image)
 
     def process(self, frame: Frame, capture_ms: float = 0.0) -> FrameResult:

@@ -90,13 +90,19 @@ def _probe(argv: list[str]) -> None:
             chain.process(Frame(index + 1, image, "icount", 0.0))
         tiled = needs_tiling(detector, image.shape)
         tiles = len(tile_layout(detector, image.shape)) if tiled else 1
-        overview = len(overview_layout(detector, image.shape)) if tiled and detector.overview_min_side else 0
-        invokes = tiles + overview  # the card's overview pass: one invoke, or its own tiles
+        twin = detector.frame_models.get(image.shape[:2])  # one invoke of the whole-frame twin
+        # The card's overview pass (one invoke, or its own tiles) beside the tiles, or beside a twin
+        # whose card asks for it.
+        beside = detector.overview_min_side if tiled else twin.overview_min_side if twin else None
+        overview = len(overview_layout(detector, image.shape)) if beside else 0
+        invokes = tiles + overview
         # What the frame cost is made of, for the caller's breakdown (stdout; the count is on stderr).
         classified = sum(t.classifications > 0 for t in result.tracks) if classifier else 0
-        twin = int(image.shape[:2] in detector.frame_models)  # one invoke of the whole-frame twin
         galaxies = len(result.detections)
-        print(f"TILES {tiles} INVOKES {invokes} GALAXIES {galaxies} CROPS {classified} TWIN {twin}")
+        print(
+            f"TILES {tiles} INVOKES {invokes} OVERVIEW {overview} GALAXIES {galaxies} CROPS {classified} "
+            f"TWIN {int(twin is not None)}"
+        )
 
 
 def count_instructions(arguments: list[str], pi_dir: Path = PI_DIR) -> tuple[int, str]:

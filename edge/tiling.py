@@ -159,14 +159,17 @@ def overview_layout(detector: Detector, shape: tuple[int, ...]) -> list[tuple[in
     return tile_layout(detector, (max(small_h, detector.height), max(small_w, detector.width)))
 
 
-def detect_overview(detector: Detector, frame_bgr: np.ndarray) -> tuple[Detections, np.ndarray]:
+def detect_overview(
+    detector: Detector, frame_bgr: np.ndarray, min_side: float | None = None
+) -> tuple[Detections, np.ndarray]:
     """The whole frame shrunk (overview_size) and padded with its median sky to at least the input, in
-    one invoke or tiled like the frame: its boxes of at least the card's `overview_min_side` frame
-    pixels, whole (uncut) unless a border between the shrunk frame's tiles cut them, so that the merge
-    drops the native tiles' pieces they cover. A tile sees a galaxy larger than itself only in pieces;
-    this pass sees it whole (SAHI's "standard prediction" beside the slices). With "cover", a 1280x720
-    frame is shrunk 2.25 times rather than 4, in two invokes rather than one, and its galaxies of 64
-    pixels and more are seen larger (docs/detector.md, "A finer overview")."""
+    one invoke or tiled like the frame: its boxes of at least `min_side` (default: the card's
+    `overview_min_side`) frame pixels, whole (uncut) unless a border between the shrunk frame's tiles
+    cut them, so that the merge drops the native tiles' pieces they cover. A tile sees a galaxy
+    larger than itself only in pieces; this pass sees it whole (SAHI's "standard prediction" beside
+    the slices). With "cover", a 1280x720 frame is shrunk 2.25 times rather than 4, in two invokes
+    rather than one, and its galaxies of 64 pixels and more are seen larger (docs/detector.md, "A
+    finer overview")."""
     height, width = frame_bgr.shape[:2]
     scale, small_w, small_h = overview_size(detector, frame_bgr.shape)
     # Shrink first, then pad: padding the frame and shrinking that cost 1.4 times the invoke in
@@ -186,8 +189,29 @@ def detect_overview(detector: Detector, frame_bgr: np.ndarray) -> tuple[Detectio
     found.boxes[:, [0, 2]] = found.boxes[:, [0, 2]].clip(0, width)
     found.boxes[:, [1, 3]] = found.boxes[:, [1, 3]].clip(0, height)
     sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
-    large = np.flatnonzero(sides >= detector.overview_min_side)
+    large = np.flatnonzero(sides >= (min_side or detector.overview_min_side))
     return found.select(large), cut[large]
+
+
+def detect_whole(detector: Detector, frame_bgr: np.ndarray) -> Detections:
+    """A frame in one look, verified: resized to the input, or through the detector's whole-frame twin
+    when one takes frames of this size. The twin's card may ask for the overview pass beside it
+    (`overview_min_side`, 256 as exported): the overview's boxes of at least that many pixels join,
+    and replace the twin's own boxes of that size that they cover. The twin's largest anchors are 288
+    pixels, so it sees the largest galaxies only in part; shrunk, the overview sees them whole
+    (docs/detector.md, "Whole-frame twin with the overview")."""
+    twin = detector.frame_models.get(frame_bgr.shape[:2])
+    if twin is None or not twin.overview_min_side:
+        return detector.detect(frame_bgr)
+    found = detector.detect_image(frame_bgr)
+    overview, cut = detect_overview(detector, frame_bgr, twin.overview_min_side)
+    if len(found) and len(overview):
+        boxes = found.boxes
+        sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        covered = intersection_over_smaller(boxes, overview.boxes).max(axis=1) >= CUT_PIECE_COVERED
+        found = found.select(np.flatnonzero((sides < twin.overview_min_side) | ~covered))
+    parts = [(found, np.zeros(len(found), bool)), (overview, cut)]
+    return detector.finish(frame_bgr, merge_tiles(parts, detector.iou_threshold, detector.containment))
 
 
 def detect_tiled(detector: Detector, frame_bgr: np.ndarray, overlap: int | None = None) -> Detections:
@@ -285,7 +309,7 @@ def needs_tiling(
 
 def detect_frame(detector: Detector, frame_bgr: np.ndarray) -> Detections:
     """The runtime's default: native-scale tiles for frames much larger than the input, else the
-    whole frame resized."""
+    whole frame in one look (detect_whole)."""
     if needs_tiling(detector, frame_bgr.shape):
         return detect_tiled(detector, frame_bgr)
-    return detector.detect(frame_bgr)
+    return detect_whole(detector, frame_bgr)

@@ -162,8 +162,10 @@ def write_detector_card(
             "containment": None,
             # Tiled frames also run whole, shrunk until the shorter side fills the input, for galaxies
             # larger than a tile (docs/detector.md: overview pass, a finer overview); its boxes of at
-            # least this many frame pixels join the tiles'.
-            "overview_min_side": 128,
+            # least this many frame pixels join the tiles'. A whole-frame twin sees galaxies whole up
+            # to its largest anchors (288 pixels): beside it the pass keeps only its boxes of 256 pixels
+            # and more (docs/detector.md: whole-frame twin with the overview, where 128 scored lower).
+            "overview_min_side": 128 if frame_size is None else 256,
             "overview_fit": "cover",
             "box_voting": True,
             "max_detections": 200,

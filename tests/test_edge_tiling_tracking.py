@@ -378,6 +378,69 @@ def test_a_whole_frame_twin_takes_frames_of_its_size_in_one_invoke(tiny_models, 
         raise AssertionError("a frame model in another folder must be refused")
 
 
+def test_a_twin_whose_card_asks_for_the_overview_lets_its_large_boxes_replace_the_twins(
+    tiny_models, tmp_path
+) -> None:
+    """detect_whole: with the twin's overview_min_side, the overview pass runs beside the twin; its
+    boxes of that size join and replace the twin's boxes of that size that they cover, and the twin's
+    other boxes stay. Without it, the twin alone, as Detector.detect. detect_frame and the chain agree."""
+    import shutil
+
+    from edge.chain import Chain, ChainSettings
+    from edge.tiling import detect_frame, detect_whole
+    from export.detector import attach_frame_model
+    from tests.tiny_models import build_detector
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for path in (tiny_models["detector"], tiny_models["detector"].with_suffix(".json")):
+        shutil.copy(path, folder)
+    tiled_path = folder / tiny_models["detector"].name
+    attach_frame_model(tiled_path, build_detector(folder, "tiny_detector_240x320_int8", shape=(240, 320)))
+    detector = Detector(tiled_path)
+    twin = detector.frame_models[(240, 320)]
+    invokes = {"tiled": 0, "twin": 0}
+    for name, model in (("tiled", detector), ("twin", twin)):
+        original = model.invoke
+        model.invoke = lambda tensor, others=(), original=original, name=name: (
+            invokes.__setitem__(name, invokes[name] + 1) or original(tensor, others)
+        )
+    frame = np.zeros((240, 320, 3), np.uint8)
+    frame[80:104, 120:144] = 255  # 24 pixels: the twin's 8-pixel anchors tile it, the overview sees it whole
+    frame[40:44, 200:204] = 255  # 4 pixels: under a pixel when shrunk 5 times, so the twin's alone
+
+    assert twin.overview_min_side is None
+    alone = detect_whole(detector, frame)
+    assert invokes == {"tiled": 0, "twin": 1}
+    assert np.array_equal(alone.boxes, detector.detect(frame).boxes)
+    sides = np.maximum(alone.boxes[:, 2] - alone.boxes[:, 0], alone.boxes[:, 3] - alone.boxes[:, 1])
+    assert len(alone) >= 3 and sides.max() < 12  # pieces of the large square, and the small one
+
+    twin.overview_min_side = 8  # frame pixels: every box here
+    invokes.update(tiled=0, twin=0)
+    found = detect_whole(detector, frame)
+    assert invokes == {"tiled": len(overview_layout(detector, frame.shape)), "twin": 1}
+    sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
+    centres = (found.boxes[:, :2] + found.boxes[:, 2:]) / 2
+    on_large = (np.abs(centres - [132, 92]) < 12).all(axis=1)
+    assert on_large.sum() == 1 and sides[on_large][0] >= 30  # the overview's box (8 input pixels x 5)
+    large_box = found.boxes[on_large][0]
+    assert large_box[0] <= 120 and large_box[1] <= 80 and large_box[2] >= 144 and large_box[3] >= 104
+    on_small = np.hypot(*(centres - [202, 42]).T) < 4
+    assert on_small.sum() == 1 and sides[on_small][0] < 12  # not covered: the twin's box stays
+    assert len(found) == 2
+    assert np.array_equal(detect_frame(detector, frame).boxes, found.boxes)
+    assert np.array_equal(Chain(detector, None, ChainSettings()).detect(frame).boxes, found.boxes)
+
+    # The card's cap on boxes (max_detections, 100 here) is per input of the detector's size: the twin,
+    # 18.75 times its anchors, keeps all 300 squares of a crowded frame, as the tiles would.
+    crowded = blob_frame(
+        320, 240, [(x, y, (255, 255, 255)) for x in range(4, 320, 16) for y in range(4, 240, 16)]
+    )
+    assert detector.decoding.max_detections == 100 and len(twin.anchors) / len(detector.anchors) == 18.75
+    assert len(detector.detect(crowded)) == 300
+
+
 def test_the_overview_shrink_takes_whole_pixel_means_then_the_rest_bilinearly() -> None:
     """shrink_frame: a whole-number factor is OpenCV's INTER_AREA exactly; 2.25 times is the 2 x 2 means,
     then bilinear, within one grey level of INTER_AREA in one step on a smooth frame; exact shrinking
