@@ -235,6 +235,15 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
         help="refine the detector's boxes with this box refiner .tflite (train --box-refiner, or the "
         "optional models/galaxy_box_refiner_int8.tflite), in place of any its card names",
     )
+    group.add_argument(
+        "--frame-model",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a whole-frame twin of the detector (export --frame-size WxH, or the optional "
+        "models/galaxy_detector_1280x720_int8.tflite): frames of its size run through it (repeatable)",
+    )
 
 
 def _pairs(folder: Path):
@@ -456,6 +465,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         draw=args.draw,
         verify=args.verify,
         box_refiner=args.box_refiner,
+        frame_models=args.frame_model,
     )
     coco = report.get("coco")
     if coco:

@@ -31,9 +31,16 @@ def map_threshold(detector) -> float:
     return 0.0 if getattr(detector, "verifier", None) is not None else MAP_SCORE_THRESHOLD
 
 
-def open_detector(model_path: Path, workdir: Path, verify: bool = True, box_refiner: Path | None = None):
+def open_detector(
+    model_path: Path,
+    workdir: Path,
+    verify: bool = True,
+    box_refiner: Path | None = None,
+    frame_models: Sequence[Path] = (),
+):
     """An edge Detector for a .tflite (with its card) or a .keras from `train --detector`
-    (converted to float32 TFLite in workdir first); with box_refiner, that one refines its boxes."""
+    (converted to float32 TFLite in workdir first); with box_refiner, that one refines its boxes, and
+    frame_models (whole-frame twins) take frames of their sizes."""
     from edge.models import Detector
 
     model_path = Path(model_path)
@@ -45,7 +52,7 @@ def open_detector(model_path: Path, workdir: Path, verify: bool = True, box_refi
         target = workdir / f"{model_path.stem}_float32.tflite"
         export_detector(model_path, target, "float32")
         model_path = target
-    return Detector(model_path, verify=verify, box_refiner=box_refiner)
+    return Detector(model_path, verify=verify, box_refiner=box_refiner, frame_models=frame_models)
 
 
 def coco_evaluation(detector, pairs: Sequence, labels: Sequence[str]) -> tuple[dict, list]:
@@ -302,19 +309,22 @@ def evaluate_detector(
     draw: int = 6,
     verify: bool = True,
     box_refiner: Path | None = None,
+    frame_models: Sequence[Path] = (),
 ) -> dict:
     from annotations.dataset import usable_pairs
 
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"model": str(model_path)}
     with tempfile.TemporaryDirectory() as workdir:
-        detector = open_detector(Path(model_path), Path(workdir), verify, box_refiner)
+        detector = open_detector(Path(model_path), Path(workdir), verify, box_refiner, frame_models)
         threshold = score_threshold if score_threshold is not None else detector.score_threshold
         report["score_threshold"] = threshold
         if detector.verifier is not None:
             report["verifier"] = str(detector.verifier.path)
         if detector.box_refiner is not None:
             report["box_refiner"] = str(detector.box_refiner.path)
+        if detector.frame_models:
+            report["frame_models"] = [str(twin.path) for twin in detector.frame_models.values()]
         if data:
             pairs = usable_pairs(data)
             detector.score_threshold = map_threshold(detector)

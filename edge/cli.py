@@ -64,6 +64,16 @@ def _verifier_option(parser: argparse.ArgumentParser) -> None:
         "models/galaxy_box_refiner_int8.tflite, or one from train --box-refiner), in place of any its "
         "card names",
     )
+    parser.add_argument(
+        "--frame-model",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a whole-frame twin of the detector (the optional models/galaxy_detector_1280x720_int8.tflite, "
+        "or export --frame-size WxH): frames of its size run through it in one invoke instead of tiles, "
+        "in place of any its card names for that size (repeatable)",
+    )
 
 
 def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
@@ -353,7 +363,13 @@ def run_chain(args: argparse.Namespace) -> int:
 
     # Models are loaded first so that a missing or corrupt file fails before any frame is read.
     detector = Detector(
-        args.detector, args.threads, args.runtime, args.kernels, args.verify, box_refiner=args.box_refiner
+        args.detector,
+        args.threads,
+        args.runtime,
+        args.kernels,
+        args.verify,
+        box_refiner=args.box_refiner,
+        frame_models=args.frame_model,
     )
     classifier = Classifier(args.classifier, args.threads, args.runtime, args.kernels)
     settings = ChainSettings(
@@ -404,7 +420,13 @@ def run_detect(args: argparse.Namespace) -> int:
     from edge.models import Detector
 
     detector = Detector(
-        args.model, args.threads, args.runtime, args.kernels, args.verify, box_refiner=args.box_refiner
+        args.model,
+        args.threads,
+        args.runtime,
+        args.kernels,
+        args.verify,
+        box_refiner=args.box_refiner,
+        frame_models=args.frame_model,
     )
     chain = Chain(detector, None, ChainSettings(tiling=args.tiling, score_threshold=args.score_threshold))
     images = _Images(args.images)

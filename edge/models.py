@@ -297,6 +297,7 @@ class Detector(TFLiteModel):
         verify: bool = True,
         twins: bool = True,
         box_refiner: Path | str | None = None,
+        frame_models: Sequence[Path | str] = (),
     ) -> None:
         super().__init__(path, threads, runtime, kernels)
         companion = self.card.raw.get("verifier")
@@ -314,15 +315,22 @@ class Detector(TFLiteModel):
         # Whole-frame twins (export --frame-size WxH --detector THIS): the same network at a camera's frame
         # size, which the card names beside it; a frame of that size runs through its twin in one invoke
         # instead of tiles. Decoding, thresholds and the verifier stay this detector's.
+        # frame_models given (--frame-model FILE) join the card's, in place of one of the same size.
         self.frame_models: dict[tuple[int, int], Detector] = {}
-        for name in self.card.raw.get("frame_models", []) if twins else []:
-            twin_path = self.card.path.parent / name
+        named = [self.card.path.parent / name for name in self.card.raw.get("frame_models", [])]
+        for twin_path in [*named, *map(Path, frame_models)] if twins else []:
             if not twin_path.is_file():
                 raise ModelError(f"{self.card.path}: frame model {twin_path} not found")
             twin = Detector(twin_path, threads, runtime, kernels, verify=False, twins=False)
-            if twin.decoding.type != "ssd" or twin.labels != self.labels:
+            spec = self.card.raw["decoding"].get("anchor_spec")
+            if (
+                twin.decoding.type != "ssd"
+                or twin.labels != self.labels
+                or twin.card.raw["decoding"].get("anchor_spec") != spec
+            ):
                 raise ModelError(
-                    f"{twin_path}: a frame model must be an ssd detector with {self.path}'s labels"
+                    f"{twin_path}: a frame model must be the same ssd detector as {self.path}, exported "
+                    "for whole frames (export --frame-size): labels or anchors differ"
                 )
             self.frame_models[(twin.height, twin.width)] = twin
 

@@ -13,6 +13,7 @@ from edge.tiling import (
     FUSE_OVERLAP,
     RollingTiles,
     _fuse_overlapping,
+    detect_frame,
     detect_overview,
     detect_tiled,
     merge_tiles,
@@ -439,6 +440,48 @@ def test_a_twin_whose_card_asks_for_the_overview_lets_its_large_boxes_replace_th
     )
     assert detector.decoding.max_detections == 100 and len(twin.anchors) / len(detector.anchors) == 18.75
     assert len(detector.detect(crowded)) == 300
+
+
+def test_a_twin_given_for_one_run_takes_frames_of_its_size(tiny_models, tmp_path, run_cli) -> None:
+    """--frame-model FILE (Detector(frame_models=...)): a twin the card does not name runs frames of its
+    size as an attached one does; one of another network, or a missing file, is refused by name."""
+    import json
+    import shutil
+
+    from edge.models import ModelError
+    from tests.tiny_models import build_detector
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for path in (tiny_models["detector"], tiny_models["detector"].with_suffix(".json")):
+        shutil.copy(path, folder)
+    tiled_path = folder / tiny_models["detector"].name
+    twin_path = build_detector(tmp_path, "tiny_detector_240x320_int8", shape=(240, 320))  # not beside it
+    frame = blob_frame(320, 240, [(20, 20, (255, 255, 255)), (250, 180, (255, 255, 255))])
+    assert not Detector(tiled_path).frame_models and needs_tiling(Detector(tiled_path), frame.shape)
+    detector = Detector(tiled_path, frame_models=[twin_path])
+    assert list(detector.frame_models) == [(240, 320)] and not needs_tiling(detector, frame.shape)
+    found = detect_frame(detector, frame)
+    assert len(found) == 2 and np.array_equal(found.boxes, detector.detect(frame).boxes)
+
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), frame)
+    code, out, err = run_cli("detect", image, "--model", tiled_path, "--frame-model", twin_path, "--json")
+    assert code == 0, err
+    report = [line for line in out.splitlines() if line.startswith("{")][-1]  # after the twin's build log
+    boxes = np.array([d["box"] for d in json.loads(report)["detections"]])
+    assert boxes.shape == found.boxes.shape and np.abs(boxes - found.boxes).max() <= 0.06
+
+    card = json.loads(twin_path.with_suffix(".json").read_text())
+    card["decoding"]["anchor_spec"] = {"input_size": 64, "strides": [4]}  # another network's anchors
+    twin_path.with_suffix(".json").write_text(json.dumps(card))
+    for path, words in ((twin_path, "same ssd detector"), (tmp_path / "missing.tflite", "not found")):
+        try:
+            Detector(tiled_path, frame_models=[path])
+        except ModelError as error:
+            assert str(path) in str(error) and words in str(error)
+        else:
+            raise AssertionError(f"{path}: must be refused")
 
 
 def test_the_overview_shrink_takes_whole_pixel_means_then_the_rest_bilinearly() -> None:
