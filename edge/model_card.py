@@ -24,6 +24,9 @@ runtime uses are:
         "overview_fit": "cover",                      # optional: the overview's frame shrunk until
                                                       # its shorter side fills the input, and tiled
                                                       # ("contain", the default: whole in one input)
+        "overview_replaces": true,                    # optional: the overview's boxes drop the tiles'
+                                                      # (or a twin's) uncut boxes of at least
+                                                      # overview_min_side that they cover
         "box_voting": true,                           # optional: kept boxes = score-weighted means
         "outputs": {"boxes": 0, "scores": 1}          # output tensor order
       },
@@ -116,6 +119,7 @@ class Decoding:
     box_voting: bool = False  # each kept box becomes the score-weighted mean of its cluster
     overview_min_side: float | None = None  # tiled frames: whole-frame boxes this large join (None: off)
     overview_fit: str = "contain"  # the overview's frame shrunk whole into the input, or "cover"
+    overview_replaces: bool = False  # its boxes drop the native looks' uncut boxes of their size they cover
 
 
 @dataclass
@@ -178,6 +182,7 @@ def read_model_card(model_path: Path | str) -> ModelCard:
                 box_voting=bool(spec.get("box_voting", False)),
                 overview_min_side=spec.get("overview_min_side"),
                 overview_fit=str(spec.get("overview_fit") or "contain"),  # absent or null: the default
+                overview_replaces=bool(spec.get("overview_replaces", False)),
             )
             if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
                 raise KeyError("decoding.anchor_grid")

@@ -416,6 +416,7 @@ class Detector(TFLiteModel):
         self.containment = self.decoding.containment
         self.overview_min_side = self.decoding.overview_min_side
         self.overview_fit = self.decoding.overview_fit
+        self.overview_replaces = self.decoding.overview_replaces
         if self.decoding.type == "ssd":
             anchors = np.asarray(self.decoding.anchors_center_yxhw, np.float32)
             if anchors.ndim != 2 or anchors.shape[1] != 4:

@@ -193,24 +193,44 @@ def detect_overview(
     return found.select(large), cut[large]
 
 
+def replaced_by_overview(
+    parts: list[tuple[Detections, np.ndarray]], overview: Detections, min_side: float
+) -> list[tuple[Detections, np.ndarray]]:
+    """The native looks' parts without their uncut boxes of at least min_side pixels that an overview
+    box covers (intersection over the smaller box, as cut pieces are judged): for galaxies that large
+    the shrunk whole frame's box is the better one (a tile or a twin's largest anchors see them only in
+    part), and NMS between the two kept the wrong one often (docs/detector.md, "Whole-frame twin with
+    the overview")."""
+    if not len(overview):
+        return parts
+    kept = []
+    for found, cut in parts:
+        if len(found):
+            boxes = found.boxes
+            sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            covered = intersection_over_smaller(boxes, overview.boxes).max(axis=1) >= CUT_PIECE_COVERED
+            keep = np.flatnonzero((sides < min_side) | ~covered | cut)
+            found, cut = found.select(keep), cut[keep]
+        kept.append((found, cut))
+    return kept
+
+
 def detect_whole(detector: Detector, frame_bgr: np.ndarray) -> Detections:
     """A frame in one look, verified: resized to the input, or through the detector's whole-frame twin
     when one takes frames of this size. The twin's card may ask for the overview pass beside it
-    (`overview_min_side`, 256 as exported): the overview's boxes of at least that many pixels join,
-    and replace the twin's own boxes of that size that they cover. The twin's largest anchors are 288
-    pixels, so it sees the largest galaxies only in part; shrunk, the overview sees them whole
-    (docs/detector.md, "Whole-frame twin with the overview")."""
+    (`overview_min_side`, 256 as exported): the overview's boxes of at least that many pixels join
+    and (with `overview_replaces`, as exported) replace the twin's own boxes of that size that they
+    cover. The twin's largest anchors are 288 pixels, so it sees the largest galaxies only in part;
+    shrunk, the overview sees them whole (docs/detector.md, "Whole-frame twin with the overview")."""
     twin = detector.frame_models.get(frame_bgr.shape[:2])
     if twin is None or not twin.overview_min_side:
         return detector.detect(frame_bgr)
     found = detector.detect_image(frame_bgr)
     overview, cut = detect_overview(detector, frame_bgr, twin.overview_min_side)
-    if len(found) and len(overview):
-        boxes = found.boxes
-        sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        covered = intersection_over_smaller(boxes, overview.boxes).max(axis=1) >= CUT_PIECE_COVERED
-        found = found.select(np.flatnonzero((sides < twin.overview_min_side) | ~covered))
-    parts = [(found, np.zeros(len(found), bool)), (overview, cut)]
+    parts = [(found, np.zeros(len(found), bool))]
+    if twin.overview_replaces:
+        parts = replaced_by_overview(parts, overview, twin.overview_min_side)
+    parts.append((overview, cut))
     return detector.finish(frame_bgr, merge_tiles(parts, detector.iou_threshold, detector.containment))
 
 
@@ -221,7 +241,10 @@ def detect_tiled(detector: Detector, frame_bgr: np.ndarray, overlap: int | None 
         detect_tile(detector, frame_bgr, tile) for tile in tile_layout(detector, frame_bgr.shape, overlap)
     ]
     if detector.overview_min_side:
-        parts.append(detect_overview(detector, frame_bgr))
+        overview, cut = detect_overview(detector, frame_bgr)
+        if detector.overview_replaces:
+            parts = replaced_by_overview(parts, overview, detector.overview_min_side)
+        parts.append((overview, cut))
     return detector.finish(frame_bgr, merge_tiles(parts, detector.iou_threshold, detector.containment))
 
 
@@ -264,6 +287,13 @@ class RollingTiles:
                 self.latest[self.cursor] = self._detect_verified(frame_bgr, self.tiles[self.cursor])
                 self.cursor = (self.cursor + 1) % len(self.tiles)
         parts = [part for part in self.latest if part is not None]
+        overview = self.latest[self.tiles.index(self.OVERVIEW)] if self.OVERVIEW in self.tiles else None
+        if overview is not None and self.detector.overview_replaces:
+            min_side = self.detector.overview_min_side
+            parts = [
+                part if part is overview else replaced_by_overview([part], overview[0], min_side)[0]
+                for part in parts
+            ]
         merged = merge_tiles(parts, self.detector.iou_threshold, self.detector.containment)
         return self.detector.keep_confident(merged)
 

@@ -205,6 +205,50 @@ def test_the_overview_pass_sees_the_whole_frame_and_keeps_its_large_boxes(tiny_m
     assert len(overviews) == 4
 
 
+def test_with_overview_replaces_the_overview_boxes_drop_the_tiles_uncut_boxes_they_cover(tiny_models) -> None:
+    """The card's overview_replaces: the overview's boxes (of at least overview_min_side) drop the tiles'
+    uncut boxes of that size that they cover, in detect_tiled and in RollingTiles alike; the tiles'
+    other boxes stay. Off (the default), both are kept where NMS does not pick one."""
+    from edge.tiling import replaced_by_overview
+
+    detector = Detector(tiny_models["detector"])  # 64x64 input, 8-pixel anchors, NMS at IoU 0.1
+    frame = np.zeros((240, 320, 3), np.uint8)
+    # 40 pixels, on the overview's grid (5 times its 4-pixel cells, 8 rows of padding): the tiles'
+    # 8-pixel boxes tile it, the overview's one box is the square
+    frame[70:110, 110:150] = 255
+    frame[40:44, 260:264] = 255  # 4 pixels: under a pixel in the overview, so the tiles' alone
+    detector.overview_min_side = 8  # frame pixels: every box here
+    assert not detector.overview_replaces
+
+    def on_large(found: Detections) -> np.ndarray:
+        centres = (found.boxes[:, :2] + found.boxes[:, 2:]) / 2
+        return (np.abs(centres - [130, 90]) < 20).all(axis=1)
+
+    kept = detect_tiled(detector, frame)
+    assert on_large(kept).sum() > 3  # the tiles' small boxes and the overview's large one
+    detector.overview_replaces = True
+    found = detect_tiled(detector, frame)
+    assert on_large(found).sum() == 1 and found.boxes[on_large(found)].tolist() == [[110, 70, 150, 110]]
+    small = np.hypot(*((found.boxes[:, :2] + found.boxes[:, 2:]) / 2 - [262, 42]).T) < 4
+    assert small.sum() == 1 and len(found) == 2
+    rolling = RollingTiles(detector, per_frame=2)
+    for _ in range(rolling.refresh_frames + 1):
+        assert sorted(map(tuple, rolling.detect(frame).boxes.tolist())) == sorted(
+            map(tuple, found.boxes.tolist())
+        )
+
+    # A cut box (a piece another tile or the merge accounts for) is never dropped here.
+    piece = Detections(
+        np.array([[130, 90, 150, 110]], np.float32), np.ones(1, np.float32), np.zeros(1, np.int32)
+    )
+    large = Detections(
+        np.array([[120, 80, 160, 120]], np.float32), np.ones(1, np.float32), np.zeros(1, np.int32)
+    )
+    assert len(replaced_by_overview([(piece, np.array([True]))], large, 8)[0][0]) == 1
+    assert len(replaced_by_overview([(piece, np.array([False]))], large, 8)[0][0]) == 0
+    assert len(replaced_by_overview([(piece, np.array([False]))], large, 21)[0][0]) == 1  # under min_side
+
+
 def test_a_covering_overview_fills_the_input_with_the_shorter_side_and_tiles_the_longer(tiny_models) -> None:
     """With the card's overview_fit "cover", the overview shrinks the frame until its shorter side fills
     the input and tiles the rest like the frame: boxes come back in frame pixels, cut only at the
@@ -383,8 +427,8 @@ def test_a_twin_whose_card_asks_for_the_overview_lets_its_large_boxes_replace_th
     tiny_models, tmp_path
 ) -> None:
     """detect_whole: with the twin's overview_min_side, the overview pass runs beside the twin; its
-    boxes of that size join and replace the twin's boxes of that size that they cover, and the twin's
-    other boxes stay. Without it, the twin alone, as Detector.detect. detect_frame and the chain agree."""
+    boxes of that size join and (overview_replaces) replace the twin's boxes of that size that they
+    cover, and the twin's other boxes stay. Without it, the twin alone, as Detector.detect. detect_frame and the chain agree."""
     import shutil
 
     from edge.chain import Chain, ChainSettings
@@ -418,6 +462,7 @@ def test_a_twin_whose_card_asks_for_the_overview_lets_its_large_boxes_replace_th
     assert len(alone) >= 3 and sides.max() < 12  # pieces of the large square, and the small one
 
     twin.overview_min_side = 8  # frame pixels: every box here
+    twin.overview_replaces = True  # as export writes a twin's card
     invokes.update(tiled=0, twin=0)
     found = detect_whole(detector, frame)
     assert invokes == {"tiled": len(overview_layout(detector, frame.shape)), "twin": 1}
