@@ -167,8 +167,9 @@ def write_detector_card(
             # and more (docs/detector.md: whole-frame twin with the overview, where 128 scored lower).
             "overview_min_side": 128 if frame_size is None else 256,
             "overview_fit": "cover",
-            # ... and replace the twin's boxes of that size that they cover (docs/detector.md).
-            "overview_replaces": frame_size is not None,
+            # ... and replace the tiles' (or the twin's) uncut boxes of that size that they cover
+            # (docs/detector.md: overview boxes replace the tiles').
+            "overview_replaces": True,
             "box_voting": True,
             "max_detections": 200,
             "outputs": order,

@@ -428,7 +428,8 @@ def test_a_twin_whose_card_asks_for_the_overview_lets_its_large_boxes_replace_th
 ) -> None:
     """detect_whole: with the twin's overview_min_side, the overview pass runs beside the twin; its
     boxes of that size join and (overview_replaces) replace the twin's boxes of that size that they
-    cover, and the twin's other boxes stay. Without it, the twin alone, as Detector.detect. detect_frame and the chain agree."""
+    cover, and the twin's other boxes stay. Without it, the twin alone, as Detector.detect.
+    detect_frame and the chain agree."""
     import shutil
 
     from edge.chain import Chain, ChainSettings
