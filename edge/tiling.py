@@ -199,8 +199,8 @@ def replaced_by_overview(
     """The native looks' parts without their uncut boxes of at least min_side pixels that an overview
     box covers (intersection over the smaller box, as cut pieces are judged): for galaxies that large
     the shrunk whole frame's box is the better one (a tile or a twin's largest anchors see them only in
-    part), and NMS between the two kept the wrong one often (docs/detector.md, "Whole-frame twin with
-    the overview")."""
+    part), and NMS between the two kept the wrong one often (docs/detector.md, "Overview boxes replace
+    the tiles'")."""
     if not len(overview):
         return parts
     kept = []
