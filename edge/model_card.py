@@ -27,6 +27,10 @@ runtime uses are:
         "overview_replaces": true,                    # optional: the overview's boxes drop the tiles'
                                                       # (or a twin's) uncut boxes of at least
                                                       # overview_min_side that they cover
+        "candidate_threshold": 0.2,                   # optional, a whole-frame twin's: with the
+                                                      # detector's verifier, the twin's candidates go
+                                                      # down to this score (one look where tiles give
+                                                      # several; default: the verifier's)
         "box_voting": true,                           # optional: kept boxes = score-weighted means
         "outputs": {"boxes": 0, "scores": 1}          # output tensor order
       },
@@ -120,6 +124,7 @@ class Decoding:
     overview_min_side: float | None = None  # tiled frames: whole-frame boxes this large join (None: off)
     overview_fit: str = "contain"  # the overview's frame shrunk whole into the input, or "cover"
     overview_replaces: bool = False  # its boxes drop the native looks' uncut boxes of their size they cover
+    candidate_threshold: float | None = None  # a twin's candidates for the verifier (None: the verifier's)
 
 
 @dataclass
@@ -183,12 +188,16 @@ def read_model_card(model_path: Path | str) -> ModelCard:
                 overview_min_side=spec.get("overview_min_side"),
                 overview_fit=str(spec.get("overview_fit") or "contain"),  # absent or null: the default
                 overview_replaces=bool(spec.get("overview_replaces", False)),
+                candidate_threshold=spec.get("candidate_threshold"),
             )
             if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
                 raise KeyError("decoding.anchor_grid")
             overview = decoding.overview_min_side
             if overview is not None and (isinstance(overview, bool) or float(overview) <= 0):
                 raise ValueError(f"decoding.overview_min_side must be a size in pixels, not {overview!r}")
+            low = decoding.candidate_threshold
+            if low is not None and (isinstance(low, bool) or not 0 < float(low) < 1):
+                raise ValueError(f"decoding.candidate_threshold must be a score between 0 and 1, not {low!r}")
             if decoding.overview_fit not in OVERVIEW_FITS:
                 fits = " or ".join(OVERVIEW_FITS)
                 raise ValueError(f"decoding.overview_fit must be {fits}, not {decoding.overview_fit!r}")

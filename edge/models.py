@@ -448,16 +448,22 @@ class Detector(TFLiteModel):
         detector's thresholds."""
         deltas = outputs[model.decoding.outputs["boxes"]].reshape(-1, 4)
         scores = outputs[model.decoding.outputs["scores"]].reshape(len(deltas), -1)
+        lowest = self.decode_threshold
+        if model is not self and self.verifier is not None and model.decoding.candidate_threshold:
+            # A twin gives each galaxy one look where overlapping tiles give several, so its scores
+            # for small faint galaxies run lower; its card may take candidates lower for the verifier
+            # (docs/detector.md, "Whole-frame twin with the overview").
+            lowest = float(model.decoding.candidate_threshold)
         if self.decoding.score_activation == "sigmoid":
             candidates_scores = scores.max(axis=1)
             # Compare logits with the threshold's logit: the sigmoid is then computed only
             # for the few candidates, not for every anchor.
-            threshold = np.log(self.decode_threshold / (1 - self.decode_threshold))
+            threshold = np.log(lowest / (1 - lowest))
             candidates = np.flatnonzero(candidates_scores >= threshold)
             probabilities = 1 / (1 + np.exp(-scores[candidates]))
         else:  # softmax with background in column 0
             probabilities_all = _softmax(scores)[:, 1:]
-            candidates = np.flatnonzero(probabilities_all.max(axis=1) >= self.decode_threshold)
+            candidates = np.flatnonzero(probabilities_all.max(axis=1) >= lowest)
             probabilities = probabilities_all[candidates]
         if len(candidates) == 0:
             return Detections.empty()

@@ -176,6 +176,12 @@ def test_missing_card_and_wrong_task_are_clear_errors(tiny_models, tmp_path: Pat
     (tmp_path / "overview.json").write_text(json.dumps(card))
     with pytest.raises(GalaxyEdgeError, match=r"overview\.json: .*overview_fit must be contain or cover"):
         Detector(tmp_path / "overview.tflite")
+    card["decoding"].update(overview_fit="cover", candidate_threshold=1.5)
+    (tmp_path / "overview.json").write_text(json.dumps(card))
+    with pytest.raises(
+        GalaxyEdgeError, match=r"overview\.json: .*candidate_threshold must be a score between"
+    ):
+        Detector(tmp_path / "overview.tflite")
 
 
 def test_edgetpu_model_without_libedgetpu_says_so(tiny_models, tmp_path: Path) -> None:

@@ -488,6 +488,39 @@ def test_a_twin_whose_card_asks_for_the_overview_lets_its_large_boxes_replace_th
     assert len(detector.detect(crowded)) == 300
 
 
+def test_a_twins_candidate_threshold_takes_its_candidates_lower_for_the_verifier(
+    tiny_models, tmp_path
+) -> None:
+    """decoding.candidate_threshold in a twin's card: with the detector's verifier, frames of the twin's
+    size decode candidates down to it instead of the verifier's candidate threshold; tiles, and a
+    detector without a verifier, keep their own thresholds."""
+    import shutil
+    from types import SimpleNamespace
+
+    from export.detector import attach_frame_model
+    from tests.tiny_models import build_detector
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for path in (tiny_models["detector"], tiny_models["detector"].with_suffix(".json")):
+        shutil.copy(path, folder)
+    tiled_path = folder / tiny_models["detector"].name
+    attach_frame_model(tiled_path, build_detector(folder, "tiny_detector_240x320_int8", shape=(240, 320)))
+    detector = Detector(tiled_path)
+    twin = detector.frame_models[(240, 320)]
+    blobs = [(20, 20, (150, 150, 150)), (250, 180, (150, 150, 150)), (151, 99, (150, 150, 150))]
+    grey = blob_frame(320, 240, blobs)  # scores between the card's 0.6 and 0.99
+    tile = blob_frame(64, 64, blobs[:1])
+    assert twin.decoding.candidate_threshold is None and len(detector.detect_image(grey)) == 3
+    detector.verifier = SimpleNamespace(candidate_threshold=0.995)  # all decode_threshold reads of it
+    assert len(detector.detect_image(grey)) == 0 and len(detector.detect_image(tile)) == 0
+    twin.decoding.candidate_threshold = 0.6
+    assert len(detector.detect_image(grey)) == 3 and len(detector.detect_image(tile)) == 0
+    detector.verifier = None  # without a verifier the detector's score threshold decides, as before
+    twin.decoding.candidate_threshold = 0.999
+    assert len(detector.detect_image(grey)) == 3
+
+
 def test_a_twin_given_for_one_run_takes_frames_of_its_size(tiny_models, tmp_path, run_cli) -> None:
     """--frame-model FILE (Detector(frame_models=...)): a twin the card does not name runs frames of its
     size as an attached one does; one of another network, or a missing file, is refused by name."""
