@@ -76,6 +76,22 @@ def _verifier_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _open_detector(path: Path, args: argparse.Namespace):
+    """The detector with what _verifier_option's flags ask for: its verifier or not, a box refiner or
+    whole-frame twins for this run."""
+    from edge.models import Detector
+
+    return Detector(
+        path,
+        args.threads,
+        args.runtime,
+        args.kernels,
+        args.verify,
+        box_refiner=args.box_refiner,
+        frame_models=args.frame_model,
+    )
+
+
 def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
     run = verbs.add_parser(
         "run",
@@ -358,19 +374,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_chain(args: argparse.Namespace) -> int:
     from edge.chain import Chain, ChainSettings, run
-    from edge.models import Classifier, Detector
+    from edge.models import Classifier
     from edge.sources import open_source
 
     # Models are loaded first so that a missing or corrupt file fails before any frame is read.
-    detector = Detector(
-        args.detector,
-        args.threads,
-        args.runtime,
-        args.kernels,
-        args.verify,
-        box_refiner=args.box_refiner,
-        frame_models=args.frame_model,
-    )
+    detector = _open_detector(args.detector, args)
     classifier = Classifier(args.classifier, args.threads, args.runtime, args.kernels)
     settings = ChainSettings(
         tiling=args.tiling,
@@ -417,17 +425,8 @@ class _Images:
 
 def run_detect(args: argparse.Namespace) -> int:
     from edge.chain import Chain, ChainSettings
-    from edge.models import Detector
 
-    detector = Detector(
-        args.model,
-        args.threads,
-        args.runtime,
-        args.kernels,
-        args.verify,
-        box_refiner=args.box_refiner,
-        frame_models=args.frame_model,
-    )
+    detector = _open_detector(args.model, args)
     chain = Chain(detector, None, ChainSettings(tiling=args.tiling, score_threshold=args.score_threshold))
     images = _Images(args.images)
     for path, image in images:

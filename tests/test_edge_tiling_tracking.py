@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -354,6 +355,17 @@ def test_containment_matches_the_greedy_definition_on_random_boxes() -> None:
         assert sorted(map(tuple, result.boxes.tolist())) == sorted(map(tuple, boxes[kept].tolist()))
 
 
+def _count_invokes(detector: Detector, twin: Detector) -> dict[str, int]:
+    """Invokes of the tiled network and of its twin, counted from here on."""
+    invokes = {"tiled": 0, "twin": 0}
+    for name, model in (("tiled", detector), ("twin", twin)):
+        original = model.invoke
+        model.invoke = lambda tensor, others=(), original=original, name=name: (
+            invokes.__setitem__(name, invokes[name] + 1) or original(tensor, others)
+        )
+    return invokes
+
+
 def test_a_whole_frame_twin_takes_frames_of_its_size_in_one_invoke(tiny_models, tmp_path) -> None:
     """export --frame-size ... --detector D names the twin in D's card; D then runs frames of the
     twin's size through it (one invoke, no tiles), with D's thresholds, and tiles other sizes."""
@@ -377,12 +389,7 @@ def test_a_whole_frame_twin_takes_frames_of_its_size_in_one_invoke(tiny_models, 
 
     detector = Detector(tiled_path)
     twin = detector.frame_models[(240, 320)]
-    invokes = {"tiled": 0, "twin": 0}
-    for name, model in (("tiled", detector), ("twin", twin)):
-        original = model.invoke
-        model.invoke = lambda tensor, others=(), original=original, name=name: (
-            invokes.__setitem__(name, invokes[name] + 1) or original(tensor, others)
-        )
+    invokes = _count_invokes(detector, twin)
     blobs = [(20, 20, (255, 255, 255)), (250, 180, (255, 255, 255)), (151, 99, (255, 255, 255))]
     frame = blob_frame(320, 240, blobs)
     assert not needs_tiling(detector, frame.shape)
@@ -423,17 +430,10 @@ def test_a_whole_frame_twin_takes_frames_of_its_size_in_one_invoke(tiny_models, 
         raise AssertionError("a frame model in another folder must be refused")
 
 
-def test_a_twin_whose_card_asks_for_the_overview_lets_its_large_boxes_replace_the_twins(
-    tiny_models, tmp_path
-) -> None:
-    """detect_whole: with the twin's overview_min_side, the overview pass runs beside the twin; its
-    boxes of that size join and (overview_replaces) replace the twin's boxes of that size that they
-    cover, and the twin's other boxes stay. Without it, the twin alone, as Detector.detect.
-    detect_frame and the chain agree."""
+def _tiny_detector_with_twin(tiny_models, tmp_path) -> Path:
+    """A copy of the tiny 64x64 detector whose card names a 240x320 whole-frame twin beside it."""
     import shutil
 
-    from edge.chain import Chain, ChainSettings
-    from edge.tiling import detect_frame, detect_whole
     from export.detector import attach_frame_model
     from tests.tiny_models import build_detector
 
@@ -443,14 +443,23 @@ def test_a_twin_whose_card_asks_for_the_overview_lets_its_large_boxes_replace_th
         shutil.copy(path, folder)
     tiled_path = folder / tiny_models["detector"].name
     attach_frame_model(tiled_path, build_detector(folder, "tiny_detector_240x320_int8", shape=(240, 320)))
-    detector = Detector(tiled_path)
+    return tiled_path
+
+
+def test_a_twin_whose_card_asks_for_the_overview_lets_its_large_boxes_replace_the_twins(
+    tiny_models, tmp_path
+) -> None:
+    """detect_whole: with the twin's overview_min_side, the overview pass runs beside the twin; its
+    boxes of that size join and (overview_replaces) replace the twin's boxes of that size that they
+    cover, and the twin's other boxes stay. Without it, the twin alone, as Detector.detect.
+    detect_frame and the chain agree."""
+
+    from edge.chain import Chain, ChainSettings
+    from edge.tiling import detect_frame, detect_whole
+
+    detector = Detector(_tiny_detector_with_twin(tiny_models, tmp_path))
     twin = detector.frame_models[(240, 320)]
-    invokes = {"tiled": 0, "twin": 0}
-    for name, model in (("tiled", detector), ("twin", twin)):
-        original = model.invoke
-        model.invoke = lambda tensor, others=(), original=original, name=name: (
-            invokes.__setitem__(name, invokes[name] + 1) or original(tensor, others)
-        )
+    invokes = _count_invokes(detector, twin)
     frame = np.zeros((240, 320, 3), np.uint8)
     frame[80:104, 120:144] = 255  # 24 pixels: the twin's 8-pixel anchors tile it, the overview sees it whole
     frame[40:44, 200:204] = 255  # 4 pixels: under a pixel when shrunk 5 times, so the twin's alone
@@ -494,19 +503,9 @@ def test_a_twins_candidate_threshold_takes_its_candidates_lower_for_the_verifier
     """decoding.candidate_threshold in a twin's card: with the detector's verifier, frames of the twin's
     size decode candidates down to it instead of the verifier's candidate threshold; tiles, and a
     detector without a verifier, keep their own thresholds."""
-    import shutil
     from types import SimpleNamespace
 
-    from export.detector import attach_frame_model
-    from tests.tiny_models import build_detector
-
-    folder = tmp_path / "models"
-    folder.mkdir()
-    for path in (tiny_models["detector"], tiny_models["detector"].with_suffix(".json")):
-        shutil.copy(path, folder)
-    tiled_path = folder / tiny_models["detector"].name
-    attach_frame_model(tiled_path, build_detector(folder, "tiny_detector_240x320_int8", shape=(240, 320)))
-    detector = Detector(tiled_path)
+    detector = Detector(_tiny_detector_with_twin(tiny_models, tmp_path))
     twin = detector.frame_models[(240, 320)]
     blobs = [(20, 20, (150, 150, 150)), (250, 180, (150, 150, 150)), (151, 99, (150, 150, 150))]
     grey = blob_frame(320, 240, blobs)  # scores between the card's 0.6 and 0.99
