@@ -241,8 +241,8 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="a whole-frame twin of the detector (export --frame-size WxH, or the optional "
-        "models/galaxy_detector_1280x720_int8.tflite): frames of its size run through it (repeatable)",
+        help="a whole-frame twin of the detector (export M.keras --frame-size WxH): frames of its size "
+        "run through it in one invoke instead of tiles (repeatable)",
     )
 
 

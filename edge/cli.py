@@ -70,9 +70,9 @@ def _verifier_option(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help="a whole-frame twin of the detector (the optional models/galaxy_detector_1280x720_int8.tflite, "
-        "or export --frame-size WxH): frames of its size run through it in one invoke instead of tiles, "
-        "in place of any its card names for that size (repeatable)",
+        help="a whole-frame twin of the detector (export M.keras --frame-size WxH, say 1280x720 for a 720p "
+        "camera): frames of its size run through it in one invoke instead of tiles, in place of any its "
+        "card names for that size (repeatable)",
     )
 
 
