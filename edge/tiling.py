@@ -226,12 +226,8 @@ def detect_whole(detector: Detector, frame_bgr: np.ndarray) -> Detections:
     if twin is None or not twin.overview_min_side:
         return detector.detect(frame_bgr)
     found = detector.detect_image(frame_bgr)
-    overview, cut = detect_overview(detector, frame_bgr, twin.overview_min_side)
     parts = [(found, np.zeros(len(found), bool))]
-    if twin.overview_replaces:
-        parts = replaced_by_overview(parts, overview, twin.overview_min_side)
-    parts.append((overview, cut))
-    return detector.finish(frame_bgr, merge_tiles(parts, detector.iou_threshold, detector.containment))
+    return _finish_with_overview(detector, frame_bgr, parts, twin.overview_min_side, twin.overview_replaces)
 
 
 def detect_tiled(detector: Detector, frame_bgr: np.ndarray, overlap: int | None = None) -> Detections:
@@ -241,11 +237,26 @@ def detect_tiled(detector: Detector, frame_bgr: np.ndarray, overlap: int | None 
         detect_tile(detector, frame_bgr, tile) for tile in tile_layout(detector, frame_bgr.shape, overlap)
     ]
     if detector.overview_min_side:
-        overview, cut = detect_overview(detector, frame_bgr)
-        if detector.overview_replaces:
-            parts = replaced_by_overview(parts, overview, detector.overview_min_side)
-        parts.append((overview, cut))
+        return _finish_with_overview(
+            detector, frame_bgr, parts, detector.overview_min_side, detector.overview_replaces
+        )
     return detector.finish(frame_bgr, merge_tiles(parts, detector.iou_threshold, detector.containment))
+
+
+def _finish_with_overview(
+    detector: Detector,
+    frame_bgr: np.ndarray,
+    parts: list[tuple[Detections, np.ndarray]],
+    min_side: float,
+    replaces: bool,
+) -> Detections:
+    """The native looks' parts (tiles, or a twin's one look) merged with the overview pass's boxes of
+    at least min_side, which first replace the parts' boxes of that size they cover when asked."""
+    overview, cut = detect_overview(detector, frame_bgr, min_side)
+    if replaces:
+        parts = replaced_by_overview(parts, overview, min_side)
+    merged = merge_tiles([*parts, (overview, cut)], detector.iou_threshold, detector.containment)
+    return detector.finish(frame_bgr, merged)
 
 
 class RollingTiles:
