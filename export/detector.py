@@ -15,6 +15,10 @@ DEFAULT_SCORE_THRESHOLD = 0.35
 # NMS IoU of the cards (and of the in-graph post-processing): 0.4 beat 0.5 on 1,000 fresh frames
 # (docs/detector.md: NMS threshold 0.4), 0.6 lost.
 NMS_IOU_THRESHOLD = 0.4
+# A whole-frame twin gives a galaxy one look where the tiles' overlaps give it several, so it hands
+# the verifier candidates down to 0.20 rather than the verifier's 0.25; without it, small real galaxies
+# were lost (docs/detector.md: whole-frame twin with the overview).
+TWIN_CANDIDATE_THRESHOLD = 0.2
 
 
 def detector_summary(model_path: Path) -> dict:
@@ -179,6 +183,8 @@ def write_detector_card(
         "training": {k: v for k, v in summary.items() if k != "history"},
         "metrics": metrics or {},
     }
+    if frame_size is not None:
+        card["decoding"]["candidate_threshold"] = TWIN_CANDIDATE_THRESHOLD
     return save_card(model_path, card, extra)
 
 

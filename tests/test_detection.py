@@ -475,6 +475,11 @@ def test_detector_trains_resumes_exports_int8_and_runs_on_the_edge(tmp_path: Pat
     assert (Detector(whole).height, Detector(whole).width) == (160, 160)
     card = json.loads(whole.with_suffix(".json").read_text())
     assert card["calibration"]["source"] == str(train) and card["metrics"]["evaluated_on"] == str(test)
+    # A twin's defaults: the overview beside it for boxes of 256 and more, replacing the twin's, and
+    # candidates for a verifier down to 0.20 (docs/detector.md: whole-frame twin with the overview).
+    decoding = card["decoding"]
+    assert (decoding["overview_min_side"], decoding["overview_replaces"]) == (256, True)
+    assert decoding["candidate_threshold"] == 0.2
     code, out, err = run_cli(
         "evaluate", "--detector", "--model", whole, "--data", test, "--out", tmp_path / "eval_whole"
     )

@@ -321,8 +321,10 @@ AGREEMENT_BOUNDS = {
     # of 153.) Not the runtime version: on x86,
     # tflite-runtime 2.14 and LiteRT 2.3 agree bit for bit (test_tflite_runtime_214.py). arm64's built-in
     # kernels differ from x86's from the first 1x1 CONV_2D on (one step in 0.13% of its outputs, on
-    # identical inputs), growing to 8 steps in the box head.
-    ("detector", "default"): 0.82,
+    # identical inputs), growing to 8 steps in the box head. Session 28's whole-frame twin for the
+    # 1280x720 sample, whose candidates go down to 0.20 (more of them near the threshold): 550 of 672
+    # with XNNPACK (0.818, the bound lowered from 0.82 to 0.81) and 664 of 673 with built-in kernels.
+    ("detector", "default"): 0.81,
     ("detector", "builtin"): 0.97,
 }
 
