@@ -119,6 +119,13 @@ def add_verifier_options(parser: argparse.ArgumentParser) -> None:
         help="training moves each candidate's patch by up to this many pixels each way (default: none)",
     )
     group.add_argument(
+        "--verifier-stem",
+        choices=("full", "stride2"),
+        default="full",
+        help="the verifier's first convolution: at the patch's resolution (default) or in 2-pixel steps, "
+        "about half the instructions an invoke",
+    )
+    group.add_argument(
         "--no-sky-proposals",
         action="store_true",
         help="train on the detector's candidates only, without the small sources found by thresholding "
@@ -160,6 +167,7 @@ def run_train_verifier(args: argparse.Namespace) -> int:
             max_side=args.max_side or 32.0,
             candidate_threshold=args.candidate_threshold,
             shift=args.shift_pixels,
+            stem=args.verifier_stem,
             **({"sky_proposals": None} if args.no_sky_proposals else {}),
         ),
         centred_galaxies=args.centred_galaxies,

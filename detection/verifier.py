@@ -49,6 +49,9 @@ class VerifierConfig:
     # Small sources found by thresholding join the candidates (edge.proposals), in training as at
     # run time; None: the detector's candidates only.
     sky_proposals: dict | None = field(default_factory=lambda: asdict(SkyProposalSettings()))
+    # The first convolution: "full" at the patch's resolution, or "stride2", which takes 2-pixel steps
+    # with twice the channels (about half the arm64 instructions an invoke; docs/verifier.md).
+    stem: str = "full"
 
 
 def harvest_candidates(
@@ -204,10 +207,13 @@ def turned(
     return np.ascontiguousarray(patches), priors
 
 
-def build_verifier(patch: int):
+VERIFIER_STEMS = ("full", "stride2")
+
+
+def build_verifier(patch: int, stem: str = "full"):
     """Inputs: candidate patches (pixels 0-255) and priors (edge.models.candidate_priors); output:
     the galaxy logit. The priors join the CNN's features before the last two layers, so how much
-    the pixels count can depend on the detector's score and the box size."""
+    the pixels count can depend on the detector's score and the box size. stem: VerifierConfig.stem."""
     import keras
     from keras import layers
 
@@ -221,11 +227,18 @@ def build_verifier(patch: int):
 
     pixels = keras.Input((patch, patch, 3), name="patch")
     priors = keras.Input((3,), name="priors")
+    if stem not in VERIFIER_STEMS:
+        raise GalaxyEdgeError(f"verifier stem {stem!r}: choose one of {', '.join(VERIFIER_STEMS)}")
+    blocks = [(16, 2), (16, 1), (32, 2), (32, 1), (32, 2)]
+    if stem == "stride2":  # the stem does the first block's halving
+        blocks = blocks[1:]
     x = layers.Rescaling(1 / 127.5, -1)(pixels)
-    x = layers.Conv2D(8, 3, padding="same", use_bias=False)(x)
+    x = layers.Conv2D(
+        8 if stem == "full" else 16, 3, strides=1 if stem == "full" else 2, padding="same", use_bias=False
+    )(x)
     x = layers.BatchNormalization()(x)
     x = layers.ReLU(6.0)(x)
-    for channels, stride in ((16, 2), (16, 1), (32, 2), (32, 1), (32, 2)):
+    for channels, stride in blocks:
         x = separable(x, channels, stride)
     x = layers.Concatenate()([layers.Flatten()(x), priors])
     x = layers.Dense(32)(x)
@@ -269,7 +282,7 @@ def train_verifier(
         f"{len(labels)} candidates ({labels.mean():.3f} galaxies), {validation.sum()} for validation",
         file=sys.stderr,
     )
-    model = build_verifier(config.patch)
+    model = build_verifier(config.patch, config.stem)
     model.compile(
         keras.optimizers.Adam(2e-3),
         keras.losses.BinaryCrossentropy(from_logits=True),

@@ -17,7 +17,7 @@ from edge.model_card import ModelCard, read_model_card
 from edge.proposals import SkyProposalSettings, SkySources, proposals_beside, sky_sources
 from edge.psf import PsfCalibration
 from edge.resize import area_shrink
-from edge.tracking import intersection_over_smaller, iou_matrix
+from edge.tracking import intersection_over_smaller
 
 
 def resize_like_runtime(image: np.ndarray, width: int, height: int, exact_shrink: bool) -> np.ndarray:
@@ -246,11 +246,35 @@ def _voted_boxes(kept: np.ndarray, boxes: np.ndarray, scores: np.ndarray, iou_th
     # anchor's box, so which anchor wins a near tie, and with it the box, can flip with one
     # quantization step of a score (x86 and Pi kernels differ by that). The weighted mean of
     # the whole cluster barely moves, and it localizes better than any one anchor.
-    weights = np.where(iou_matrix(boxes[kept], boxes) >= iou_threshold, scores[None, :], 0.0)
+    # Only boxes that overlap a kept box can reach the IoU threshold. A whole kept-by-candidates IoU
+    # matrix cost 77 M arm64 instructions on the 1280x720 sample's twin (252 kept of 2,732 candidates
+    # at 0.20, 4 % of the pairs overlapping), so the pairs come from a sweep over the boxes sorted by
+    # their left edge: a box that starts over its widest width left of a kept box cannot reach it.
+    chosen = boxes[kept]
+    order = np.argsort(boxes[:, 0], kind="stable")
+    starts = boxes[order, 0]
+    widest = float((boxes[:, 2] - boxes[:, 0]).max())
+    first = np.searchsorted(starts, chosen[:, 0] - widest, "left")
+    counts = np.maximum(np.searchsorted(starts, chosen[:, 2], "left") - first, 0)
+    rows = np.repeat(np.arange(len(kept)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    columns = order[np.repeat(first, counts) + offsets]
+    # Gathers cost most under arm64 numpy: the pairs that overlap in x first, from one column.
+    overlapping = boxes[columns, 2] > np.repeat(chosen[:, 0], counts)
+    rows, columns = rows[overlapping], columns[overlapping]
+    a, b = chosen[rows], boxes[columns]
+    inter = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+    inter *= np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) - inter
+    votes = (inter / np.maximum(union, 1e-9) >= iou_threshold) & (columns != kept[rows])
     # A kept box always votes for itself: a zero-area box has IoU 0 even with itself (a barely
     # trained model makes such boxes), and an empty vote would make its box NaN.
-    weights[np.arange(len(kept)), kept] = np.maximum(scores[kept], 1e-12)
-    return (weights @ boxes) / weights.sum(axis=1, keepdims=True)
+    rows = np.concatenate([rows[votes], np.arange(len(kept))])
+    columns = np.concatenate([columns[votes], kept])
+    weights = np.concatenate([scores[columns[: votes.sum()]], np.maximum(scores[kept], 1e-12)])
+    total = np.bincount(rows, weights, len(kept))
+    voted = np.column_stack([np.bincount(rows, weights * boxes[columns, i], len(kept)) for i in range(4)])
+    return (voted / total[:, None]).astype(boxes.dtype)
 
 
 def non_max_suppression(

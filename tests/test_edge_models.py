@@ -128,6 +128,31 @@ def test_box_voting_is_stable_when_a_near_tie_flips() -> None:
     assert np.abs(voted[0] - voted[1]).max() < 0.1
 
 
+def test_box_voting_over_overlapping_pairs_matches_the_whole_iou_matrix() -> None:
+    """Voting sweeps the boxes sorted by left edge for the pairs that can overlap (the cheap path on
+    arm64); it must give what the kept-by-all IoU matrix gives: crowded, sparse, mixed sizes, nested,
+    identical and zero-area boxes."""
+    from edge.models import _voted_boxes
+    from edge.tracking import iou_matrix
+
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        count = int(rng.integers(1, 1500))
+        corners = rng.random((count, 2)) * 100
+        sizes = rng.random((count, 2)) * rng.choice([1.0, 5.0, 30.0])
+        sizes[: count // 10] *= 8  # a few wide boxes: the sweep's reach
+        boxes = np.column_stack([corners, corners + sizes]).astype(np.float32)
+        boxes[1:4] = boxes[0]  # identical boxes
+        if trial % 4 == 0:
+            boxes[-1, 2:] = boxes[-1, :2]  # a zero-area box
+        scores = rng.random(count).astype(np.float32)
+        kept = np.unique(rng.integers(0, count, int(rng.integers(1, 200))))
+        weights = np.where(iou_matrix(boxes[kept], boxes) >= 0.4, scores[None, :], 0.0)
+        weights[np.arange(len(kept)), kept] = np.maximum(scores[kept], 1e-12)
+        expected = (weights @ boxes) / weights.sum(axis=1, keepdims=True)
+        np.testing.assert_allclose(_voted_boxes(kept, boxes, scores, 0.4), expected, atol=2e-4)
+
+
 def test_missing_card_and_wrong_task_are_clear_errors(tiny_models, tmp_path: Path) -> None:
     lonely = tmp_path / "lonely.tflite"
     shutil.copy(tiny_models["detector"], lonely)

@@ -99,6 +99,25 @@ def test_turned_patches_keep_their_priors(quarter_turns: int, mirror: bool) -> N
     assert views.shape == patch.shape and views.flags.c_contiguous
 
 
+def test_the_stride2_stem_starts_at_half_resolution_and_ends_alike() -> None:
+    """`train --verifier --verifier-stem stride2`: the first convolution takes 2-pixel steps in place
+    of the first block's halving, so the dense layers see the same features; a stem it does not know
+    is refused by name."""
+    pytest.importorskip("keras")
+    from detection.verifier import build_verifier
+
+    def convolutions(model) -> list[tuple[int, ...]]:
+        return [tuple(layer.output.shape[1:]) for layer in model.layers if "conv" in layer.name]
+
+    full, stride2 = build_verifier(32), build_verifier(32, "stride2")
+    assert convolutions(full)[0] == (32, 32, 8) and convolutions(stride2)[0] == (16, 16, 16)
+    assert convolutions(full)[-1] == convolutions(stride2)[-1] == (4, 4, 32)
+    assert len(convolutions(stride2)) == len(convolutions(full)) - 2  # one separable block fewer
+    assert full.output.shape == stride2.output.shape == (None, 1)
+    with pytest.raises(GalaxyEdgeError, match="stride4"):
+        build_verifier(32, "stride4")
+
+
 @pytest.fixture(scope="module")
 def verified_detector(tiny_models, tmp_path_factory) -> Path:
     from tests.tiny_models import build_verifier
