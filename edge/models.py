@@ -528,11 +528,20 @@ def candidate_patches(
     around its centre (edges replicated past the frame), shrunk to patch as the runtime shrinks.
     Small candidates are seen at native scale, where a star's profile differs from a galaxy's."""
     out = np.empty((len(boxes), patch, patch, 3), np.uint8)
+    larger: dict[int, list[tuple[int, np.ndarray]]] = {}
     for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, np.float64).tolist()):
         side = max(patch, round(context * max(x2 - x1, y2 - y1)))
         left, top = round((x1 + x2 - side) / 2), round((y1 + y2 - side) / 2)
         region = square_region(frame_bgr, left, top, side, cv2.BORDER_REPLICATE)
-        out[i] = resize_like_runtime(region, patch, patch, exact_shrink)
+        if side > patch and exact_shrink:
+            larger.setdefault(side, []).append((i, region))
+        else:
+            out[i] = resize_like_runtime(region, patch, patch, exact_shrink)
+    # Regions of one side shrink in one exact area shrink (channels and candidates as trailing axes):
+    # its cost was mostly numpy's per-call work, about 1.1 M arm64 instructions a candidate.
+    for group in larger.values():
+        shrunk = area_shrink(np.stack([region for _, region in group], axis=2), patch, patch)
+        out[[i for i, _ in group]] = shrunk.transpose(2, 0, 1, 3)
     return out
 
 
