@@ -80,14 +80,15 @@ def test_larger_candidates_are_shrunk_with_their_context() -> None:
 def test_patches_cut_together_equal_patches_cut_one_by_one() -> None:
     """Larger candidates of one side shrink together (one exact area shrink per side): each patch must be
     the one its box gets alone, whatever its neighbours in the call, at the frame edge too."""
+    import cv2
+
+    from edge.models import resize_like_runtime, square_region
+
     rng = np.random.default_rng(11)
     frame = rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)
     corners = rng.random((60, 2)) * [170, 130] - 5
     sides = rng.choice([4.0, 15.0, 30.0, 30.4, 44.0], (60, 1))  # several candidates per patch side
     boxes = np.column_stack([corners, corners + sides])
-    import cv2
-
-    from edge.models import resize_like_runtime, square_region
 
     def alone(x1: float, y1: float, x2: float, y2: float) -> np.ndarray:  # the patch's definition
         side = max(32, round(1.5 * max(x2 - x1, y2 - y1)))
