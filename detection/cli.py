@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from detection.centred import TRAIN_SHRINKS
+from detection.verifier import VERIFIER_STEMS
 from galaxy_edge.argtypes import number_list
 
 
@@ -120,7 +121,7 @@ def add_verifier_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--verifier-stem",
-        choices=("full", "stride2"),
+        choices=VERIFIER_STEMS,
         default="full",
         help="the verifier's first convolution: at the patch's resolution (default) or in 2-pixel steps, "
         "about half the instructions an invoke",
