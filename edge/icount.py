@@ -94,7 +94,8 @@ def _probe(argv: list[str]) -> None:
         # The card's overview pass (one invoke, or its own tiles) beside the tiles, or beside a twin
         # whose card asks for it.
         beside = detector.overview_min_side if tiled else twin.overview_min_side if twin else None
-        overview = len(overview_layout(detector, image.shape)) if beside else 0
+        shrink = twin.overview_shrink if twin and not tiled else None
+        overview = len(overview_layout(detector, image.shape, shrink)) if beside else 0
         invokes = tiles + overview
         # What the frame cost is made of, for the caller's breakdown (stdout; the count is on stderr).
         classified = sum(t.classifications > 0 for t in result.tracks) if classifier else 0

@@ -27,6 +27,9 @@ runtime uses are:
         "overview_replaces": true,                    # optional: the overview's boxes drop the tiles'
                                                       # (or a twin's) uncut boxes of at least
                                                       # overview_min_side that they cover
+        "overview_shrink": 2,                         # optional, a whole-frame twin's: its overview
+                                                      # shrinks the frame this many times, through the
+                                                      # frame model of that size when there is one
         "candidate_threshold": 0.2,                   # optional, a whole-frame twin's: with the
                                                       # detector's verifier, the twin's candidates go
                                                       # down to this score (one look where tiles give
@@ -125,6 +128,8 @@ class Decoding:
     overview_fit: str = "contain"  # the overview's frame shrunk whole into the input, or "cover"
     overview_replaces: bool = False  # its boxes drop the native looks' uncut boxes of their size they cover
     candidate_threshold: float | None = None  # a twin's candidates for the verifier (None: the verifier's)
+    overview_shrink: int | None = None  # a twin's overview: the frame shrunk this many times (None: the fit)
+    anchor_spec: dict | None = None  # how the anchors were made (strides, sizes, ...; older cards: None)
 
 
 @dataclass
@@ -189,6 +194,8 @@ def read_model_card(model_path: Path | str) -> ModelCard:
                 overview_fit=str(spec.get("overview_fit") or "contain"),  # absent or null: the default
                 overview_replaces=bool(spec.get("overview_replaces", False)),
                 candidate_threshold=spec.get("candidate_threshold"),
+                overview_shrink=spec.get("overview_shrink"),
+                anchor_spec=spec.get("anchor_spec"),
             )
             if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
                 raise KeyError("decoding.anchor_grid")
@@ -198,6 +205,9 @@ def read_model_card(model_path: Path | str) -> ModelCard:
             low = decoding.candidate_threshold
             if low is not None and (isinstance(low, bool) or not 0 < float(low) < 1):
                 raise ValueError(f"decoding.candidate_threshold must be a score between 0 and 1, not {low!r}")
+            shrink = decoding.overview_shrink
+            if shrink is not None and (not isinstance(shrink, int) or isinstance(shrink, bool) or shrink < 2):
+                raise ValueError(f"decoding.overview_shrink must be a whole number from 2, not {shrink!r}")
             if decoding.overview_fit not in OVERVIEW_FITS:
                 fits = " or ".join(OVERVIEW_FITS)
                 raise ValueError(f"decoding.overview_fit must be {fits}, not {decoding.overview_fit!r}")

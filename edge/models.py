@@ -5,6 +5,7 @@ invoke, dequantize, decode.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,6 +305,28 @@ def non_max_suppression(
     return _contained(kept, containment) if containment else kept
 
 
+def _finer_levels_of(twin_spec: dict | None, spec: dict | None) -> bool:
+    """Whether a frame model's anchor spec is the detector's, or its first levels (a twin exported
+    with --frame-strides: the same network cut after its finer levels)."""
+    if twin_spec is None or spec is None:
+        return twin_spec == spec
+    levels = len(twin_spec["strides"])
+    return (
+        levels > 0
+        and {k: v for k, v in twin_spec.items() if k not in ("strides", "sizes")}
+        == {k: v for k, v in spec.items() if k not in ("strides", "sizes")}
+        and twin_spec["strides"] == spec["strides"][:levels]
+        and twin_spec["sizes"] == spec["sizes"][:levels]
+    )
+
+
+def _input_anchors(spec: dict) -> int:
+    """Anchors of one training-sized input on a spec's levels (the detector's own count)."""
+    side = int(spec["input_size"])
+    cells = sum(math.ceil(side / int(stride)) ** 2 for stride in spec["strides"])
+    return cells * len(spec["sizes"][0]) * len(spec["aspect_ratios"])
+
+
 class Detector(TFLiteModel):
     """SSD detector with raw box and class heads decoded here (numpy), or the in-graph
     TFLite_Detection_PostProcess variant."""
@@ -346,11 +369,10 @@ class Detector(TFLiteModel):
             if not twin_path.is_file():
                 raise ModelError(f"{self.card.path}: frame model {twin_path} not found")
             twin = Detector(twin_path, threads, runtime, kernels, verify=False, twins=False)
-            spec = self.card.raw["decoding"].get("anchor_spec")
             if (
                 twin.decoding.type != "ssd"
                 or twin.labels != self.labels
-                or twin.card.raw["decoding"].get("anchor_spec") != spec
+                or not _finer_levels_of(twin.decoding.anchor_spec, self.decoding.anchor_spec)
             ):
                 raise ModelError(
                     f"{twin_path}: a frame model must be the same ssd detector as {self.path}, exported "
@@ -441,6 +463,7 @@ class Detector(TFLiteModel):
         self.overview_min_side = self.decoding.overview_min_side
         self.overview_fit = self.decoding.overview_fit
         self.overview_replaces = self.decoding.overview_replaces
+        self.overview_shrink = self.decoding.overview_shrink
         if self.decoding.type == "ssd":
             anchors = np.asarray(self.decoding.anchors_center_yxhw, np.float32)
             if anchors.ndim != 2 or anchors.shape[1] != 4:
@@ -503,7 +526,9 @@ class Detector(TFLiteModel):
         # The card's cap is per input of this detector's size; a whole-frame twin covers several, so it
         # keeps as many more (a 1280x720 twin: 9 times). Capped at 200, mosaics of 180 small real
         # galaxies lost 0.05 of their recall (docs/detector.md, "Whole-frame twin with the overview").
-        cap = round(self.decoding.max_detections * len(model.anchors) / len(self.anchors))
+        spec = model.decoding.anchor_spec
+        per_input = _input_anchors(spec) if spec else len(self.anchors)
+        cap = round(self.decoding.max_detections * len(model.anchors) / per_input)
         return detections.select(np.arange(min(len(detections), cap)))
 
     def _decode_postprocessed(self, outputs: list[np.ndarray]) -> Detections:

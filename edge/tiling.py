@@ -123,11 +123,15 @@ def detect_tile(
     return found, cut
 
 
-def overview_size(detector: Detector, shape: tuple[int, ...]) -> tuple[float, int, int]:
+def overview_size(
+    detector: Detector, shape: tuple[int, ...], shrink: int | None = None
+) -> tuple[float, int, int]:
     """How much the overview pass shrinks a frame of this shape, and the shrunk width and height: whole
     into the input (the card's `overview_fit` "contain"), or until its shorter side fills the input
-    ("cover"; its longer side is then tiled)."""
+    ("cover"; its longer side is then tiled); or `shrink` times (a twin's `overview_shrink`)."""
     height, width = shape[:2]
+    if shrink:
+        return 1 / shrink, width // shrink, height // shrink
     ratios = (detector.width / width, detector.height / height)
     scale = min(max(ratios) if detector.overview_fit == "cover" else min(ratios), 1.0)
     return scale, min(round(width * scale), width), min(round(height * scale), height)
@@ -152,15 +156,20 @@ def shrink_frame(frame_bgr: np.ndarray, width: int, height: int, exact_shrink: b
     return cv2.resize(whole, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
-def overview_layout(detector: Detector, shape: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+def overview_layout(
+    detector: Detector, shape: tuple[int, ...], shrink: int | None = None
+) -> list[tuple[int, int, int, int]]:
     """The overview pass's tiles (detect_overview), in the shrunk and padded frame's pixels: one
-    unless the card's `overview_fit` is "cover"."""
-    _, small_w, small_h = overview_size(detector, shape)
+    unless the card's `overview_fit` is "cover"; one, the whole shrunk frame, when the detector has a
+    frame model of its size (its twin's `overview_shrink`)."""
+    _, small_w, small_h = overview_size(detector, shape, shrink)
+    if (small_h, small_w) in detector.frame_models:
+        return [(0, 0, small_w, small_h)]
     return tile_layout(detector, (max(small_h, detector.height), max(small_w, detector.width)))
 
 
 def detect_overview(
-    detector: Detector, frame_bgr: np.ndarray, min_side: float | None = None
+    detector: Detector, frame_bgr: np.ndarray, min_side: float | None = None, shrink: int | None = None
 ) -> tuple[Detections, np.ndarray]:
     """The whole frame shrunk (overview_size) and padded with its median sky to at least the input, in
     one invoke or tiled like the frame: its boxes of at least `min_side` (default: the card's
@@ -169,9 +178,11 @@ def detect_overview(
     larger than itself only in pieces; this pass sees it whole (SAHI's "standard prediction" beside
     the slices). With "cover", a 1280x720 frame is shrunk 2.25 times rather than 4, in two invokes
     rather than one, and its galaxies of 64 pixels and more are seen larger (docs/detector.md, "A
-    finer overview")."""
+    finer overview"). With `shrink` (a twin's `overview_shrink`), the frame is shrunk that many times
+    and runs through the detector's frame model of that size in one invoke, where it has one
+    (docs/detector.md, "A twin of the finer levels")."""
     height, width = frame_bgr.shape[:2]
-    scale, small_w, small_h = overview_size(detector, frame_bgr.shape)
+    scale, small_w, small_h = overview_size(detector, frame_bgr.shape, shrink)
     # Shrink first, then pad: padding the frame and shrinking that cost 1.4 times the invoke in
     # arm64 instructions (a 1280x1280 fill and resize).
     small = shrink_frame(frame_bgr, small_w, small_h, detector.exact_shrink)
@@ -181,7 +192,9 @@ def detect_overview(
     padded = cv2.copyMakeBorder(
         small, top, pad_h - top, left, pad_w - left, cv2.BORDER_CONSTANT, value=sky.tolist()
     )
-    parts = [detect_tile(detector, padded, tile) for tile in overview_layout(detector, frame_bgr.shape)]
+    parts = [
+        detect_tile(detector, padded, tile) for tile in overview_layout(detector, frame_bgr.shape, shrink)
+    ]
     found = Detections.concatenate([part for part, _ in parts])
     cut = np.concatenate([part_cut for _, part_cut in parts])
     found.boxes -= np.array([left, top, left, top], np.float32)
@@ -221,13 +234,18 @@ def detect_whole(detector: Detector, frame_bgr: np.ndarray) -> Detections:
     (`overview_min_side`, 256 as exported): the overview's boxes of at least that many pixels join
     and (with `overview_replaces`, as exported) replace the twin's own boxes of that size that they
     cover. The twin's largest anchors are 288 pixels, so it sees the largest galaxies only in part;
-    shrunk, the overview sees them whole (docs/detector.md, "Whole-frame twin with the overview")."""
+    shrunk, the overview sees them whole (docs/detector.md, "Whole-frame twin with the overview"). A
+    twin of the finer levels only (export --frame-strides) asks for the overview of the frame shrunk
+    `overview_shrink` times from its `overview_min_side` (docs/detector.md, "A twin of the finer
+    levels")."""
     twin = detector.frame_models.get(frame_bgr.shape[:2])
     if twin is None or not twin.overview_min_side:
         return detector.detect(frame_bgr)
     found = detector.detect_image(frame_bgr)
     parts = [(found, np.zeros(len(found), bool))]
-    return _finish_with_overview(detector, frame_bgr, parts, twin.overview_min_side, twin.overview_replaces)
+    return _finish_with_overview(
+        detector, frame_bgr, parts, twin.overview_min_side, twin.overview_replaces, twin.overview_shrink
+    )
 
 
 def detect_tiled(detector: Detector, frame_bgr: np.ndarray, overlap: int | None = None) -> Detections:
@@ -249,10 +267,11 @@ def _finish_with_overview(
     parts: list[tuple[Detections, np.ndarray]],
     min_side: float,
     replaces: bool,
+    shrink: int | None = None,
 ) -> Detections:
     """The native looks' parts (tiles, or a twin's one look) merged with the overview pass's boxes of
     at least min_side, which first replace the parts' boxes of that size they cover when asked."""
-    overview, cut = detect_overview(detector, frame_bgr, min_side)
+    overview, cut = detect_overview(detector, frame_bgr, min_side, shrink)
     if replaces:
         parts = replaced_by_overview(parts, overview, min_side)
     merged = merge_tiles([*parts, (overview, cut)], detector.iou_threshold, detector.containment)

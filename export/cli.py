@@ -49,6 +49,13 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
         "overlapping tiles), e.g. 1280x720",
     )
     export.add_argument(
+        "--frame-strides",
+        type=lambda text: [int(part) for part in text.split(",")],
+        metavar="S,S",
+        help="with --frame-size: keep only the feature levels of these strides (a prefix of the trained "
+        "ones, say 8,16); the overview pass beside the twin then finds the larger galaxies",
+    )
+    export.add_argument(
         "--postprocess",
         action="store_true",
         help="detector: int8 with the TFLite_Detection_PostProcess op in the graph (float outputs: boxes, "
@@ -104,8 +111,10 @@ def run_export(args: argparse.Namespace) -> int:
 
     if not args.model.is_file():
         raise GalaxyEdgeError(f"{args.model}: no such model")
-    if args.frame_size:
-        raise GalaxyEdgeError("--frame-size is for detectors (a classifier sees one crop)")
+    if args.frame_size or args.frame_strides:
+        raise GalaxyEdgeError(
+            "--frame-size and --frame-strides are for detectors (a classifier sees one crop)"
+        )
     model = keras.models.load_model(args.model)
     size = int(model.input_shape[1])
     data = load_dataset(args.data, size, args.scheme)
@@ -152,6 +161,7 @@ def run_export_detector(args: argparse.Namespace) -> int:
     import tempfile
 
     from export.detector import (
+        FINE_TWIN_OVERVIEW_SHRINK,
         attach_frame_model,
         detector_parity,
         detector_summary,
@@ -167,6 +177,8 @@ def run_export_detector(args: argparse.Namespace) -> int:
     frame_size = args.frame_size[::-1] if args.frame_size else None  # (height, width)
     if args.detector is not None and frame_size is None:
         raise GalaxyEdgeError("--detector with a detector: only a whole-frame twin (--frame-size) attaches")
+    if args.frame_strides and frame_size is None:
+        raise GalaxyEdgeError("--frame-strides goes with --frame-size")
     if args.postprocess:
         if args.to != "int8":
             raise GalaxyEdgeError("--postprocess goes with --to int8")
@@ -184,6 +196,7 @@ def run_export_detector(args: argparse.Namespace) -> int:
             args.calibration_count,
             args.score_threshold,
             frame_size,
+            args.frame_strides,
         )
     with tempfile.TemporaryDirectory() as workdir:
         compared = {args.to: args.out}
@@ -194,6 +207,7 @@ def run_export_detector(args: argparse.Namespace) -> int:
                 compared["float32"],
                 "float32",
                 frame_size=frame_size,
+                frame_strides=args.frame_strides,
             )
         parity = detector_parity(compared, args.data, args.parity_count, summary["config"]["labels"])
     # The custom post-processing op runs on the CPU: such a model is not for the Edge TPU whole.
@@ -212,6 +226,7 @@ def run_export_detector(args: argparse.Namespace) -> int:
             metrics=metrics,
             extra={"calibration": {"count": args.calibration_count, "source": str(calibration_source(args))}},
             frame_size=frame_size,
+            frame_strides=args.frame_strides,
         )
     report_json, report_md = write_report(
         {"model": str(args.out), "parity": parity, "edgetpu": readiness},
@@ -221,6 +236,12 @@ def run_export_detector(args: argparse.Namespace) -> int:
     if args.detector is not None:
         width, height = args.frame_size
         print(f"{attach_frame_model(args.detector, args.out)} names it for frames of {width}x{height}")
+        if args.frame_strides:
+            small = f"{width // FINE_TWIN_OVERVIEW_SHRINK}x{height // FINE_TWIN_OVERVIEW_SHRINK}"
+            print(
+                f"its overview runs the frame shrunk {FINE_TWIN_OVERVIEW_SHRINK} times: export the twin for "
+                f"{small} too (--frame-size {small} --detector {args.detector}), or the overview is tiled"
+            )
     print(
         "; ".join(
             f"{name}: mAP@0.5 {parity[name]['map50']:.4f}, mAP@0.5:0.95 {parity[name]['map']:.4f}"

@@ -4,6 +4,7 @@ card carries the anchors and decoding parameters the edge runtime needs."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,13 @@ NMS_IOU_THRESHOLD = 0.4
 # the verifier candidates down to 0.20 rather than the verifier's 0.25; without it, small real galaxies
 # were lost (docs/detector.md: whole-frame twin with the overview).
 TWIN_CANDIDATE_THRESHOLD = 0.2
+# A twin exported with only its finer levels (--frame-strides) leaves the galaxies of this many pixels
+# and more to an overview of the frame shrunk FINE_TWIN_OVERVIEW_SHRINK times (through the twin of that
+# size); the full twin leaves only those of 256 pixels, where its largest anchors end. On 300 design
+# frames, 64 scored best of 48-96, and 2 times beside 2.25 ("cover"), 3 and 4 (docs/detector.md, "A twin
+# of the finer levels").
+FINE_TWIN_OVERVIEW_MIN_SIDE = 64
+FINE_TWIN_OVERVIEW_SHRINK = 2
 
 
 def detector_summary(model_path: Path) -> dict:
@@ -122,18 +130,24 @@ def write_detector_card(
     metrics: dict | None = None,
     extra: dict | None = None,
     frame_size: tuple[int, int] | None = None,
+    frame_strides: Sequence[int] | None = None,
 ) -> Path:
+    """The model card: anchors, decoding and training facts. frame_strides: the feature levels a
+    whole-frame twin kept (whole_frame_model); its anchors are those levels' only."""
     from detection.anchors import AnchorSpec, anchor_grid
     from detection.model import DetectorConfig, downsampling_steps
     from export.card import save_card, tensor_facts
 
     config = summary["config"]
-    spec = AnchorSpec.from_dict(config["anchors"])
-    steps = downsampling_steps(DetectorConfig.from_dict(config))
+    levels = DetectorConfig.from_dict(twin_config(config, frame_strides))
+    spec = levels.anchors
+    steps = downsampling_steps(levels)
     size_text = f"input {spec.input_size}"
     note = "raw 0-255 pixels; big frames are tiled at native scale by the runtime"
     if frame_size is not None:
         size_text = f"whole frames of {frame_size[1]}x{frame_size[0]} (trained on {spec.input_size} crops)"
+        if spec.strides != AnchorSpec.from_dict(config["anchors"]).strides:
+            size_text += f", levels of strides {','.join(map(str, spec.strides))} only"
         note = "raw 0-255 pixels; frames of this size run whole at native scale (one invoke, no tiles)"
     labels = list(config["labels"])
     facts = tensor_facts(model_path)
@@ -168,8 +182,9 @@ def write_detector_card(
             # larger than a tile (docs/detector.md: overview pass, a finer overview); its boxes of at
             # least this many frame pixels join the tiles'. A whole-frame twin sees galaxies whole up
             # to its largest anchors (288 pixels): beside it the pass keeps only its boxes of 256 pixels
-            # and more (docs/detector.md: whole-frame twin with the overview, where 128 scored lower).
-            "overview_min_side": 128 if frame_size is None else 256,
+            # and more (docs/detector.md: whole-frame twin with the overview, where 128 scored lower);
+            # a twin of the finer levels only, from FINE_TWIN_OVERVIEW_MIN_SIDE.
+            "overview_min_side": overview_min_side(frame_size, frame_strides is not None),
             "overview_fit": "cover",
             # ... and replace the tiles' (or the twin's) uncut boxes of that size that they cover
             # (docs/detector.md: overview boxes replace the tiles').
@@ -185,7 +200,38 @@ def write_detector_card(
     }
     if frame_size is not None:
         card["decoding"]["candidate_threshold"] = TWIN_CANDIDATE_THRESHOLD
+    if frame_strides is not None:
+        card["decoding"]["overview_shrink"] = FINE_TWIN_OVERVIEW_SHRINK
     return save_card(model_path, card, extra)
+
+
+def overview_min_side(frame_size: tuple[int, int] | None, fine_twin: bool) -> int:
+    """The smallest boxes (frame pixels) the card's overview pass keeps: tiles, a whole-frame twin, or
+    a twin of the finer levels only."""
+    if frame_size is None:
+        return 128
+    return FINE_TWIN_OVERVIEW_MIN_SIDE if fine_twin else 256
+
+
+def twin_config(config: dict, frame_strides: Sequence[int] | None) -> dict:
+    """The training config with only the feature levels of frame_strides, a proper prefix of its
+    strides (None: all of them). The network up to those levels is the trained one, whole: a level
+    reads only the finer ones (no top-down pathway)."""
+    if frame_strides is None:
+        return config
+    strides = list(config["anchors"]["strides"])
+    kept = list(frame_strides)
+    if not kept or kept != strides[: len(kept)] or len(kept) == len(strides):
+        raise GalaxyEdgeError(
+            f"--frame-strides {','.join(map(str, kept))}: a shorter prefix of the detector's strides "
+            f"{','.join(map(str, strides))}"
+        )
+    if config.get("fpn"):
+        raise GalaxyEdgeError(
+            "--frame-strides: with a top-down pathway (--fpn) every level reads the coarser ones"
+        )
+    anchors = dict(config["anchors"], strides=kept, sizes=config["anchors"]["sizes"][: len(kept)])
+    return dict(config, anchors=anchors)
 
 
 def attach_frame_model(detector: Path, frame_model: Path) -> Path:
@@ -234,9 +280,11 @@ def export_detector(
     calibration_count: int = 300,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     frame_size: tuple[int, int] | None = None,
+    frame_strides: Sequence[int] | None = None,
 ) -> Path:
     """Write the .tflite and its card; int8 needs frames to calibrate on. frame_size: (height,
-    width) of a camera's frames, to export the same network for whole frames of that size."""
+    width) of a camera's frames, to export the same network for whole frames of that size;
+    frame_strides: only its finer feature levels (whole_frame_model)."""
     import keras
 
     from export.tflite import convert
@@ -244,7 +292,9 @@ def export_detector(
     summary = detector_summary(keras_path)
     model = keras.models.load_model(keras_path, compile=False)
     if frame_size is not None:
-        model = whole_frame_model(model, summary, frame_size)
+        model = whole_frame_model(model, summary, frame_size, frame_strides)
+    elif frame_strides is not None:
+        raise GalaxyEdgeError("--frame-strides goes with --frame-size")
     representative = None
     if to == "int8":
         if calibration_frames is None:
@@ -260,23 +310,39 @@ def export_detector(
         if representative is not None
         else None
     )
-    write_detector_card(out, summary, score_threshold, extra=extra, frame_size=frame_size)
+    write_detector_card(
+        out, summary, score_threshold, extra=extra, frame_size=frame_size, frame_strides=frame_strides
+    )
     return out
 
 
-def whole_frame_model(model, summary: dict, frame_size: tuple[int, int]):
+def whole_frame_model(
+    model, summary: dict, frame_size: tuple[int, int], frame_strides: Sequence[int] | None = None
+):
     """The trained detector rebuilt for whole frames of (height, width), with its weights: the
     network is fully convolutional, so one invoke covers the frame at native scale where
-    overlapping tiles would process up to 1.6 times its pixels (1280x720: 15 tiles of 320)."""
-    from detection.model import DetectorConfig, build_detector
+    overlapping tiles would process up to 1.6 times its pixels (1280x720: 15 tiles of 320).
+    frame_strides: only the feature levels of these strides (a prefix of the trained ones), the
+    backbone cut after the last; their outputs are exactly the full network's for those levels, and
+    the overview pass beside the twin sees the larger galaxies (1280x720 without strides 32 and 64:
+    a quarter fewer multiply-accumulates, docs/detector.md "A twin of the finer levels")."""
+    from detection.model import DetectorConfig, build_detector, transfer_weights
 
     height, width = frame_size
-    largest = max(summary["config"]["anchors"]["strides"])
+    config = DetectorConfig.from_dict(twin_config(summary["config"], frame_strides))
+    largest = max(config.anchors.strides)
     if height < largest or width < largest:
         raise GalaxyEdgeError(f"--frame-size {width}x{height}: each side needs at least {largest} pixels")
     try:
-        whole = build_detector(DetectorConfig.from_dict(summary["config"]), None, frame_size)
-        whole.set_weights(model.get_weights())
+        whole = build_detector(config, None, frame_size)
+        if frame_strides is None:
+            whole.set_weights(model.get_weights())
+        else:
+            copied = transfer_weights(model, DetectorConfig.from_dict(summary["config"]), whole, config)
+            weighted = [layer for layer in whole.get_layer("backbone").layers if layer.weights]
+            weighted += [layer for layer in whole.layers if layer.weights and layer.name != "backbone"]
+            if copied != len(weighted):
+                raise ValueError(f"{len(weighted) - copied} of its layers have no trained weights")
     except ValueError as error:
         raise GalaxyEdgeError(f"cannot rebuild the detector for {width}x{height} frames: {error}") from None
     return whole

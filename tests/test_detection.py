@@ -124,6 +124,35 @@ def test_whole_frame_detector_has_an_output_per_anchor() -> None:
         build_detector(DetectorConfig(anchors=AnchorSpec(input_size=64, strides=(2, 4, 8, 16))))
 
 
+def test_a_twin_of_the_finer_levels_gives_exactly_their_outputs() -> None:
+    """export --frame-strides: the network cut after its finer levels (whole_frame_model) gives the
+    full network's outputs for those levels' anchors, and its card's anchors are theirs; only a
+    shorter prefix of the trained strides, and no top-down pathway, can be cut."""
+    from detection.model import DetectorConfig, build_detector
+    from export.detector import twin_config, whole_frame_model
+
+    spec = AnchorSpec(input_size=64, strides=(8, 16, 32, 64), sizes=[[8], [16], [32], [48]])
+    config = DetectorConfig(backbone="mobilenet_v3_small", alpha=0.75, head_channels=16, anchors=spec)
+    model = build_detector(config)
+    rng = np.random.default_rng(3)
+    model.set_weights([rng.normal(0, 0.3, w.shape).astype(np.float32) for w in model.get_weights()])
+    summary = {"config": config.to_dict()}
+    full = whole_frame_model(model, summary, (96, 160))
+    fine = whole_frame_model(model, summary, (96, 160), [8, 16])
+    frame = rng.uniform(0, 255, (1, 96, 160, 3)).astype(np.float32)
+    kept = len(anchors_center_yxhw(dataclasses.replace(spec, strides=(8, 16), sizes=[[8], [16]]), (96, 160)))
+    assert fine(frame)["scores"].shape[1] == kept < full(frame)["scores"].shape[1]
+    for key in ("boxes", "scores"):
+        np.testing.assert_allclose(fine(frame)[key], full(frame)[key][:, :kept], rtol=1e-5, atol=1e-5)
+    assert len(fine.get_layer("backbone").layers) < len(full.get_layer("backbone").layers)  # cut, not hidden
+    assert twin_config(summary["config"], [8, 16])["anchors"]["sizes"] == [[8], [16]]
+    for strides in ([16], [8, 32], [8, 16, 32, 64], []):
+        with pytest.raises(GalaxyEdgeError, match="a shorter prefix"):
+            twin_config(summary["config"], strides)
+    with pytest.raises(GalaxyEdgeError, match="top-down"):
+        twin_config({**summary["config"], "fpn": True}, [8])
+
+
 def _trained_tiny_detector(seed: int):
     """A tiny MobileNetV3Small detector (64-pixel input) that looks trained: random weights and
     positive variances in its normalization. Returns (model, config, rng)."""

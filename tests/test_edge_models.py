@@ -14,7 +14,7 @@ from edge.interpreter import ModelError, interpreter_module, runtime_name
 from edge.models import Classifier, Detections, Detector, dihedral_views, non_max_suppression
 from edge.resize import area_shrink
 from galaxy_edge.errors import GalaxyEdgeError
-from tests.conftest import blob_frame
+from tests.conftest import REPO, blob_frame
 
 RED, GREEN, BLUE = (0, 0, 230), (0, 230, 0), (230, 0, 0)  # BGR
 
@@ -207,6 +207,34 @@ def test_missing_card_and_wrong_task_are_clear_errors(tiny_models, tmp_path: Pat
         GalaxyEdgeError, match=r"overview\.json: .*candidate_threshold must be a score between"
     ):
         Detector(tmp_path / "overview.tflite")
+    for shrink in (1, 2.5, True):
+        card["decoding"].update(candidate_threshold=0.2, overview_shrink=shrink)
+        (tmp_path / "overview.json").write_text(json.dumps(card))
+        with pytest.raises(
+            GalaxyEdgeError, match=r"overview\.json: .*overview_shrink must be a whole number"
+        ):
+            Detector(tmp_path / "overview.tflite")
+
+
+def test_a_twin_may_keep_only_the_detectors_finer_levels() -> None:
+    """A frame model's anchor spec must be the detector's or its first levels (export --frame-strides);
+    its cap on boxes counts the detector's anchors on those levels only."""
+    from edge.models import _finer_levels_of, _input_anchors
+
+    spec = {"input_size": 320, "strides": [8, 16, 32, 64], "sizes": [[6, 11], [19, 33], [57, 97], [167, 288]]}
+    spec["aspect_ratios"] = [1.0, 1.7, 0.6]
+    fine = {**spec, "strides": [8, 16], "sizes": [[6, 11], [19, 33]]}
+    assert _finer_levels_of(spec, spec) and _finer_levels_of(fine, spec) and not _finer_levels_of(spec, fine)
+    assert not _finer_levels_of({**fine, "strides": [16, 32], "sizes": [[19, 33], [57, 97]]}, spec)
+    assert not _finer_levels_of({**fine, "sizes": [[6, 11], [20, 33]]}, spec)
+    assert not _finer_levels_of({**fine, "input_size": 256}, spec)
+    assert not _finer_levels_of({**fine, "strides": [], "sizes": []}, spec)
+    # 40x40, 20x20, 10x10 and 5x5 cells of 6 anchors: the shipped tile's 12,750
+    assert _input_anchors(spec) == (1600 + 400 + 100 + 25) * 6 and _input_anchors(fine) == 2000 * 6
+    card = json.loads((REPO / "models" / "galaxy_detector_int8.json").read_text())
+    assert _input_anchors(card["decoding"]["anchor_spec"]) == len(
+        Detector(REPO / "models" / "galaxy_detector_int8.tflite").anchors
+    )
 
 
 def test_edgetpu_model_without_libedgetpu_says_so(tiny_models, tmp_path: Path) -> None:

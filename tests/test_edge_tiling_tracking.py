@@ -497,6 +497,57 @@ def test_a_twin_whose_card_asks_for_the_overview_lets_its_large_boxes_replace_th
     assert len(detector.detect(crowded)) == 300
 
 
+def test_a_twins_overview_shrink_runs_the_shrunk_frame_through_the_frame_model_of_its_size(
+    tiny_models, tmp_path
+) -> None:
+    """A twin's overview_shrink (a twin of the finer levels, export --frame-strides): its overview is the
+    frame shrunk that many times, in one invoke of the detector's frame model of that size when it has
+    one, else tiled; the boxes come back in frame pixels either way."""
+    from edge.tiling import detect_whole, overview_size
+    from export.detector import attach_frame_model
+    from tests.tiny_models import build_detector
+
+    tiled_path = _tiny_detector_with_twin(tiny_models, tmp_path)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    frame[80:96, 120:136] = 255  # 16 pixels: the twin's 8-pixel anchors tile it, one cell shrunk twice
+    frame[40:44, 200:204] = 255  # 4 pixels: the twin's alone
+
+    def found_and_invokes(detector: Detector) -> tuple[Detections, dict[str, int]]:
+        twin = detector.frame_models[(240, 320)]
+        twin.overview_min_side, twin.overview_replaces, twin.overview_shrink = 8, True, 2
+        invokes = _count_invokes(detector, twin)
+        half = detector.frame_models.get((120, 160))
+        if half is not None:
+            invokes["half"] = 0
+            original = half.invoke
+            half.invoke = lambda tensor, others=(): (
+                invokes.__setitem__("half", invokes["half"] + 1) or original(tensor, others)
+            )
+        return detect_whole(detector, frame), invokes
+
+    detector = Detector(tiled_path)
+    assert overview_size(detector, frame.shape, 2) == (0.5, 160, 120)
+    tiled, invokes = found_and_invokes(detector)  # no 160x120 model: the shrunk frame is tiled
+    assert (
+        invokes == {"tiled": len(overview_layout(detector, frame.shape, 2)), "twin": 1}
+        and invokes["tiled"] > 1
+    )
+    attach_frame_model(
+        tiled_path, build_detector(tiled_path.parent, "tiny_detector_120x160_int8", shape=(120, 160))
+    )
+    detector = Detector(tiled_path)
+    assert overview_layout(detector, frame.shape, 2) == [(0, 0, 160, 120)]
+    whole, invokes = found_and_invokes(detector)
+    assert invokes == {"tiled": 0, "twin": 1, "half": 1}
+    for found in (tiled, whole):
+        sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
+        centres = (found.boxes[:, :2] + found.boxes[:, 2:]) / 2
+        on_large = (np.abs(centres - [128, 88]) < 6).all(axis=1)
+        assert on_large.sum() == 1 and sides[on_large][0] >= 14  # the overview's, twice its shrunk size
+        assert (np.hypot(*(centres - [202, 42]).T) < 4).sum() == 1 and len(found) == 2
+    np.testing.assert_allclose(whole.boxes, tiled.boxes, atol=1.0)
+
+
 def test_a_twins_candidate_threshold_takes_its_candidates_lower_for_the_verifier(
     tiny_models, tmp_path
 ) -> None:

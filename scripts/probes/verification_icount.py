@@ -46,7 +46,7 @@ def run_part(models: Path, frame_path: str, part: str, count: int) -> None:
     verifier = detector.verifier
     outputs = [o.copy() for o in twin.invoke(twin.preprocess(frame))]
     found = detector._decode_ssd(outputs, twin)
-    overview, cut = detect_overview(detector, frame, twin.overview_min_side)
+    overview, cut = detect_overview(detector, frame, twin.overview_min_side, twin.overview_shrink)
     parts = replaced_by_overview([(found, np.zeros(len(found), bool))], overview, twin.overview_min_side)
     sky = detector.sky(frame)
     candidates = detector.with_proposals(merge_tiles([*parts, (overview, cut)], detector.iou_threshold), sky)
