@@ -7,14 +7,13 @@ only argparse here, TensorFlow is imported when a handler runs.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 from pathlib import Path
 
 from detection.centred import TRAIN_SHRINKS
 from detection.verifier import VERIFIER_STEMS
-from galaxy_edge.argtypes import number_list
+from galaxy_edge.argtypes import level_strides, number_list
 
 
 def add_train_options(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +51,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--strides",
-        type=_strides,
+        type=level_strides,
         help="feature levels' strides, e.g. 4,8,16,32,64 (default 8,16,32,64); with --from, a model "
         "with other levels starts from its weights (backbone, and the heads of the strides it has)",
     )
@@ -208,16 +207,6 @@ def run_train_box_refiner(args: argparse.Namespace) -> int:
         f"{gain['share_iou_0.5'][0]:.3f} -> {gain['share_iou_0.5'][1]:.3f}"
     )
     return 0
-
-
-def _strides(text: str) -> tuple[int, ...]:
-    try:
-        strides = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give strides as 4,8,16,32,64") from None
-    if any(b != 2 * a for a, b in itertools.pairwise(strides)) or strides[0] not in (4, 8):
-        raise argparse.ArgumentTypeError(f"{text!r}: strides start at 4 or 8 and double at each level")
-    return strides
 
 
 def add_evaluate_options(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from galaxy_edge.argtypes import width_height
+from galaxy_edge.argtypes import level_strides, width_height
 
 
 def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFormatter]) -> None:
@@ -50,7 +50,7 @@ def register(verbs: argparse._SubParsersAction, formatter: type[argparse.HelpFor
     )
     export.add_argument(
         "--frame-strides",
-        type=lambda text: [int(part) for part in text.split(",")],
+        type=level_strides,
         metavar="S,S",
         help="with --frame-size: keep only the feature levels of these strides (a prefix of the trained "
         "ones, say 8,16); the overview pass beside the twin then finds the larger galaxies",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 
 
 def split_fractions(value: str) -> tuple[float, float, float]:
@@ -37,3 +38,14 @@ def number_list(value: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(
             f"expected numbers separated by commas like 0.5,0.5, got {value!r}"
         ) from None
+
+
+def level_strides(text: str) -> tuple[int, ...]:
+    """`8,16,32,64`: a detector's feature levels' strides, from 4 or 8, doubling at each level."""
+    try:
+        strides = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give strides as 4,8,16,32,64") from None
+    if any(b != 2 * a for a, b in itertools.pairwise(strides)) or strides[0] not in (4, 8):
+        raise argparse.ArgumentTypeError(f"{text!r}: strides start at 4 or 8 and double at each level")
+    return strides

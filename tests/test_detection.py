@@ -224,8 +224,8 @@ def test_a_stride_4_level_starts_from_a_trained_detector() -> None:
     has keep M's weights, so those anchors' outputs are M's until training moves them."""
     import argparse
 
-    from detection.cli import _strides
     from detection.model import DetectorConfig, build_detector, transfer_weights
+    from galaxy_edge.argtypes import level_strides
 
     spec = AnchorSpec(input_size=64, strides=(8, 16, 32, 64), sizes=[[8], [16], [32], [48]])
     source_config = DetectorConfig(backbone="mobilenet_v3_small", alpha=0.75, head_channels=16, anchors=spec)
@@ -242,10 +242,10 @@ def test_a_stride_4_level_starts_from_a_trained_detector() -> None:
     assert after["scores"].shape[1] == new_level + before["scores"].shape[1]
     np.testing.assert_allclose(after["scores"][:, new_level:], before["scores"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(after["boxes"][:, new_level:], before["boxes"], rtol=1e-5, atol=1e-5)
-    assert _strides("4,8,16,32,64") == (4, 8, 16, 32, 64)
+    assert level_strides("4,8,16,32,64") == (4, 8, 16, 32, 64)
     for bad in ("4,8,32", "16,32", "a,b"):
         with pytest.raises(argparse.ArgumentTypeError, match=bad):
-            _strides(bad)
+            level_strides(bad)
 
 
 def test_a_detector_learns_new_labels_keeping_the_scores_of_those_it_had() -> None:
