@@ -121,9 +121,9 @@ def add_verifier_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--verifier-stem",
         choices=VERIFIER_STEMS,
-        default="full",
-        help="the verifier's first convolution: at the patch's resolution (default) or in 2-pixel steps, "
-        "about half the instructions an invoke",
+        default="stride2",
+        help="the verifier's first convolution: in 2-pixel steps (default, as shipped: about half the "
+        "instructions an invoke) or at the patch's resolution (full)",
     )
     group.add_argument(
         "--no-sky-proposals",

@@ -49,9 +49,10 @@ class VerifierConfig:
     # Small sources found by thresholding join the candidates (edge.proposals), in training as at
     # run time; None: the detector's candidates only.
     sky_proposals: dict | None = field(default_factory=lambda: asdict(SkyProposalSettings()))
-    # The first convolution: "full" at the patch's resolution, or "stride2", which takes 2-pixel steps
-    # with twice the channels (about half the arm64 instructions an invoke; docs/verifier.md).
-    stem: str = "full"
+    # The first convolution: "stride2" takes 2-pixel steps with twice the channels (about half the arm64
+    # instructions an invoke, the same mAP: shipped since session 30, docs/verifier.md); "full" works at
+    # the patch's resolution (the verifiers shipped before).
+    stem: str = "stride2"
 
 
 def harvest_candidates(
