@@ -487,7 +487,9 @@ def markdown(result: dict) -> str:
             )
             lines.append(
                 f"\nThe chain's frame: {looks}"
-                + _overview_words(chain.get("detector_invokes", 0) - chain["tiles"])
+                + _overview_words(
+                    chain.get("detector_invokes", 0) - chain["tiles"], chain.get("overview_gated", False)
+                )
                 + ", "
                 f"{chain.get('galaxies', chain['crops'])} galaxies, {chain['crops']} of them classified "
                 "(the others under the classifier's resolution floor)."
@@ -601,8 +603,10 @@ def _icount_value(entry: dict) -> float:
     return entry.get("instructions_per_frame", entry.get("instructions_per_invoke", 0.0))
 
 
-def _overview_words(invokes: int) -> str:
+def _overview_words(invokes: int, gated: bool = False) -> str:
     """How the bench's report names the overview pass's invokes."""
+    if gated:
+        return " (the overview pass skipped: the twin proposed no box as large as overview_gate_side)"
     if invokes <= 0:
         return ""
     return " and the overview pass" + (f" ({invokes} invokes)" if invokes > 1 else "")
@@ -624,8 +628,10 @@ def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict)
         unrefined, _ = per_run(["chain-unrefined", str(detector), "none", str(frame)], 1)
     if "verifier" in models:
         unverified, _ = per_run(["chain-unverified", str(detector), "none", str(frame)], 1)
-    pattern = r"TILES (\d+) INVOKES (\d+) OVERVIEW (\d+) GALAXIES (\d+) CROPS (\d+) TWIN (\d)"
-    tiles, invokes, overview, galaxies, crops, twin = (int(v) for v in re.findall(pattern, printed)[-1])
+    pattern = r"TILES (\d+) INVOKES (\d+) OVERVIEW (\d+) GALAXIES (\d+) CROPS (\d+) TWIN (\d) GATED (\d)"
+    tiles, invokes, overview, galaxies, crops, twin, gated = (
+        int(v) for v in re.findall(pattern, printed)[-1]
+    )
     # A frame of a whole-frame twin's size runs through the twin (one invoke) instead of the tiles; the
     # overview pass runs the detector itself.
     height, width = cv2.imread(str(frame)).shape[:2]
@@ -649,6 +655,7 @@ def chain_breakdown(detector: Path, classifier: Path, frame: Path, models: dict)
         "tiles": tiles,
         "detector_invokes": invokes,
         "whole_frame_twin": network if twin else None,
+        "overview_gated": bool(gated),
         "galaxies": galaxies,
         "crops": crops,
         "stages": stages,

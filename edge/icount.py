@@ -76,7 +76,7 @@ def _probe(argv: list[str]) -> None:
         from edge.chain import Chain, ChainSettings
         from edge.models import Classifier, Detector
         from edge.sources import Frame
-        from edge.tiling import needs_tiling, overview_layout, tile_layout
+        from edge.tiling import needs_tiling, tile_layout
 
         detector_path, classifier_path, frame_path, count = rest[0], rest[1], rest[2], int(rest[3])
         image = cv2.imread(frame_path)
@@ -85,25 +85,45 @@ def _probe(argv: list[str]) -> None:
             detector.box_refiner = None
         classifier = Classifier(classifier_path, 1) if classifier_path != "none" else None
         chain = Chain(detector, classifier, ChainSettings(reclassify_every=1))
+        # The detector networks' invokes, counted on the warm-up frame (the same frame as the counted
+        # ones): the overview pass beside a twin may be gated by the twin's candidates (its card's
+        # overview_gate_side), so whether it ran is read, not assumed.
+        networks = [detector, *detector.frame_models.values()]
+        invoked = _count_invokes(networks)
         result = chain.process(Frame(0, image, "icount", 0.0))
+        for network in networks:
+            del network.invoke  # back to the class's method: the counted frames pay no wrapper
         for index in range(count):
             chain.process(Frame(index + 1, image, "icount", 0.0))
         tiled = needs_tiling(detector, image.shape)
         tiles = len(tile_layout(detector, image.shape)) if tiled else 1
         twin = detector.frame_models.get(image.shape[:2])  # one invoke of the whole-frame twin
-        # The card's overview pass (one invoke, or its own tiles) beside the tiles, or beside a twin
-        # whose card asks for it.
-        beside = detector.overview_min_side if tiled else twin.overview_min_side if twin else None
-        shrink = twin.overview_shrink if twin and not tiled else None
-        overview = len(overview_layout(detector, image.shape, shrink)) if beside else 0
-        invokes = tiles + overview
+        # Beyond the tiles (or the twin's one invoke): the card's overview pass, when it ran.
+        invokes = sum(invoked.values())
+        overview = invokes - tiles
+        gate = twin.overview_gate_side if twin is not None and not tiled and twin.overview_min_side else None
+        gated = int(gate is not None and overview == 0)  # the twin proposed nothing as large as the gate
         # What the frame cost is made of, for the caller's breakdown (stdout; the count is on stderr).
         classified = sum(t.classifications > 0 for t in result.tracks) if classifier else 0
         galaxies = len(result.detections)
         print(
             f"TILES {tiles} INVOKES {invokes} OVERVIEW {overview} GALAXIES {galaxies} CROPS {classified} "
-            f"TWIN {int(twin is not None)}"
+            f"TWIN {int(twin is not None)} GATED {gated}"
         )
+
+
+def _count_invokes(models: list) -> dict[int, int]:
+    """Counts of each model's invokes from here on, by position in models (an instance attribute
+    over the method; `del model.invoke` restores it)."""
+    counts = dict.fromkeys(range(len(models)), 0)
+    for index, model in enumerate(models):
+
+        def counted(*args, index=index, original=model.invoke):
+            counts[index] += 1
+            return original(*args)
+
+        model.invoke = counted
+    return counts
 
 
 def count_instructions(arguments: list[str], pi_dir: Path = PI_DIR) -> tuple[int, str]:

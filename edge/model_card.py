@@ -30,6 +30,9 @@ runtime uses are:
         "overview_shrink": 2,                         # optional, a whole-frame twin's: its overview
                                                       # shrinks the frame this many times, through the
                                                       # frame model of that size when there is one
+        "overview_gate_side": 128,                    # optional: the overview runs only when the
+                                                      # native look has a candidate box this large
+                                                      # (frame pixels; absent or null: always)
         "candidate_threshold": 0.2,                   # optional, a whole-frame twin's: with the
                                                       # detector's verifier, the twin's candidates go
                                                       # down to this score (one look where tiles give
@@ -129,6 +132,7 @@ class Decoding:
     overview_replaces: bool = False  # its boxes drop the native looks' uncut boxes of their size they cover
     candidate_threshold: float | None = None  # a twin's candidates for the verifier (None: the verifier's)
     overview_shrink: int | None = None  # a twin's overview: the frame shrunk this many times (None: the fit)
+    overview_gate_side: float | None = None  # the overview runs only if a native candidate is this large
     anchor_spec: dict | None = None  # how the anchors were made (strides, sizes, ...; older cards: None)
 
 
@@ -195,6 +199,7 @@ def read_model_card(model_path: Path | str) -> ModelCard:
                 overview_replaces=bool(spec.get("overview_replaces", False)),
                 candidate_threshold=spec.get("candidate_threshold"),
                 overview_shrink=spec.get("overview_shrink"),
+                overview_gate_side=spec.get("overview_gate_side"),
                 anchor_spec=spec.get("anchor_spec"),
             )
             if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
@@ -208,6 +213,10 @@ def read_model_card(model_path: Path | str) -> ModelCard:
             shrink = decoding.overview_shrink
             if shrink is not None and (not isinstance(shrink, int) or isinstance(shrink, bool) or shrink < 2):
                 raise ValueError(f"decoding.overview_shrink must be a whole number from 2, not {shrink!r}")
+            gate = decoding.overview_gate_side
+            numeric = isinstance(gate, int | float) and not isinstance(gate, bool)
+            if gate is not None and (not numeric or gate <= 0):
+                raise ValueError(f"decoding.overview_gate_side must be a size in pixels, not {gate!r}")
             if decoding.overview_fit not in OVERVIEW_FITS:
                 fits = " or ".join(OVERVIEW_FITS)
                 raise ValueError(f"decoding.overview_fit must be {fits}, not {decoding.overview_fit!r}")

@@ -464,6 +464,7 @@ class Detector(TFLiteModel):
         self.overview_fit = self.decoding.overview_fit
         self.overview_replaces = self.decoding.overview_replaces
         self.overview_shrink = self.decoding.overview_shrink
+        self.overview_gate_side = self.decoding.overview_gate_side
         if self.decoding.type == "ssd":
             anchors = np.asarray(self.decoding.anchors_center_yxhw, np.float32)
             if anchors.ndim != 2 or anchors.shape[1] != 4:

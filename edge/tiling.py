@@ -237,14 +237,22 @@ def detect_whole(detector: Detector, frame_bgr: np.ndarray) -> Detections:
     shrunk, the overview sees them whole (docs/detector.md, "Whole-frame twin with the overview"). A
     twin of the finer levels only (export --frame-strides) asks for the overview of the frame shrunk
     `overview_shrink` times from its `overview_min_side` (docs/detector.md, "A twin of the finer
-    levels")."""
+    levels"). With the twin's `overview_gate_side`, the overview runs only when the twin's own
+    candidates hold a box at least that large (docs/detector.md, "The overview gated by the twin's
+    candidates")."""
     twin = detector.frame_models.get(frame_bgr.shape[:2])
     if twin is None or not twin.overview_min_side:
         return detector.detect(frame_bgr)
     found = detector.detect_image(frame_bgr)
     parts = [(found, np.zeros(len(found), bool))]
     return _finish_with_overview(
-        detector, frame_bgr, parts, twin.overview_min_side, twin.overview_replaces, twin.overview_shrink
+        detector,
+        frame_bgr,
+        parts,
+        twin.overview_min_side,
+        twin.overview_replaces,
+        twin.overview_shrink,
+        twin.overview_gate_side,
     )
 
 
@@ -256,7 +264,12 @@ def detect_tiled(detector: Detector, frame_bgr: np.ndarray, overlap: int | None 
     ]
     if detector.overview_min_side:
         return _finish_with_overview(
-            detector, frame_bgr, parts, detector.overview_min_side, detector.overview_replaces
+            detector,
+            frame_bgr,
+            parts,
+            detector.overview_min_side,
+            detector.overview_replaces,
+            gate_side=detector.overview_gate_side,
         )
     return detector.finish(frame_bgr, merge_tiles(parts, detector.iou_threshold, detector.containment))
 
@@ -268,14 +281,26 @@ def _finish_with_overview(
     min_side: float,
     replaces: bool,
     shrink: int | None = None,
+    gate_side: float | None = None,
 ) -> Detections:
     """The native looks' parts (tiles, or a twin's one look) merged with the overview pass's boxes of
-    at least min_side, which first replace the parts' boxes of that size they cover when asked."""
+    at least min_side, which first replace the parts' boxes of that size they cover when asked. With
+    gate_side, the overview runs only when the parts hold a candidate box at least that large: it
+    keeps only large boxes, and a native look that sees galaxies whole up to about min_side proposes
+    some large box wherever such a galaxy is. A frame of small galaxies skips its invokes."""
+    if gate_side is not None and max(map(_longest_side, (found for found, _ in parts))) < gate_side:
+        return detector.finish(frame_bgr, merge_tiles(parts, detector.iou_threshold, detector.containment))
     overview, cut = detect_overview(detector, frame_bgr, min_side, shrink)
     if replaces:
         parts = replaced_by_overview(parts, overview, min_side)
     merged = merge_tiles([*parts, (overview, cut)], detector.iou_threshold, detector.containment)
     return detector.finish(frame_bgr, merged)
+
+
+def _longest_side(found: Detections) -> float:
+    """The longest side of found's boxes in pixels (0 without boxes)."""
+    sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
+    return float(sides.max(initial=0.0))
 
 
 class RollingTiles:

@@ -509,6 +509,7 @@ def test_detector_trains_resumes_exports_int8_and_runs_on_the_edge(tmp_path: Pat
     decoding = card["decoding"]
     assert (decoding["overview_min_side"], decoding["overview_replaces"]) == (256, True)
     assert decoding["candidate_threshold"] == 0.2
+    assert decoding["overview_gate_side"] == 128  # the overview only beside a large candidate of the twin
     code, out, err = run_cli(
         "evaluate", "--detector", "--model", whole, "--data", test, "--out", tmp_path / "eval_whole"
     )

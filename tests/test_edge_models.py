@@ -214,6 +214,15 @@ def test_missing_card_and_wrong_task_are_clear_errors(tiny_models, tmp_path: Pat
             GalaxyEdgeError, match=r"overview\.json: .*overview_shrink must be a whole number"
         ):
             Detector(tmp_path / "overview.tflite")
+    card["decoding"].update(overview_shrink=None)
+    for gate in (0, -8, True, "128"):
+        card["decoding"].update(overview_gate_side=gate)
+        (tmp_path / "overview.json").write_text(json.dumps(card))
+        with pytest.raises(GalaxyEdgeError, match=r"overview\.json: .*overview_gate_side must be a size"):
+            Detector(tmp_path / "overview.tflite")
+    card["decoding"].update(overview_gate_side=128)
+    (tmp_path / "overview.json").write_text(json.dumps(card))
+    assert Detector(tmp_path / "overview.tflite").overview_gate_side == 128
 
 
 def test_a_twin_may_keep_only_the_detectors_finer_levels() -> None:

@@ -497,6 +497,48 @@ def test_a_twin_whose_card_asks_for_the_overview_lets_its_large_boxes_replace_th
     assert len(detector.detect(crowded)) == 300
 
 
+def test_a_twins_overview_gate_runs_the_overview_only_beside_a_large_candidate(tiny_models, tmp_path) -> None:
+    """The twin card's overview_gate_side: the overview pass beside the twin runs only when the twin's own
+    candidates hold a box with a side of at least that many pixels; otherwise the twin's look is
+    finished alone, exactly as the ungated pair finishes a frame whose overview keeps nothing."""
+    from edge.tiling import detect_whole
+
+    detector = Detector(_tiny_detector_with_twin(tiny_models, tmp_path))
+    twin = detector.frame_models[(240, 320)]
+    invokes = _count_invokes(detector, twin)
+    frame = np.zeros((240, 320, 3), np.uint8)
+    frame[80:104, 120:144] = 255  # 24 pixels: the twin sees it in pieces under 12 pixels, the overview whole
+    frame[40:44, 200:204] = 255
+    twin.overview_min_side, twin.overview_replaces = 8, True
+    alone = detector.detect(frame)
+    ungated = detect_whole(detector, frame)
+    layout = len(overview_layout(detector, frame.shape))
+    candidates = detector.detect_image(frame).boxes  # the twin's own look, down to its candidate threshold
+    twin_sides = np.maximum(*(candidates[:, 2:] - candidates[:, :2]).T)
+    invokes.update(tiled=0, twin=0)
+
+    twin.overview_gate_side = float(twin_sides.max()) + 1  # no candidate that large: the overview is skipped
+    gated = detect_whole(detector, frame)
+    assert invokes == {"tiled": 0, "twin": 1}
+    assert np.array_equal(gated.boxes, alone.boxes) and np.array_equal(gated.scores, alone.scores)
+
+    twin.overview_gate_side = float(twin_sides.max())  # the largest candidate opens it
+    invokes.update(tiled=0, twin=0)
+    opened = detect_whole(detector, frame)
+    assert invokes == {"tiled": layout, "twin": 1} and layout >= 1
+    assert np.array_equal(opened.boxes, ungated.boxes) and np.array_equal(opened.scores, ungated.scores)
+
+    # A frame whose overview keeps nothing: gated or not, the same detections.
+    small = np.zeros((240, 320, 3), np.uint8)
+    small[40:44, 200:204] = 255
+    twin.overview_gate_side = None
+    invokes.update(tiled=0, twin=0)
+    plain = detect_whole(detector, small)
+    assert invokes["tiled"] == layout  # ungated: the overview ran, and kept nothing
+    twin.overview_gate_side = 1000.0
+    assert np.array_equal(detect_whole(detector, small).boxes, plain.boxes)
+
+
 def test_a_twins_overview_shrink_runs_the_shrunk_frame_through_the_frame_model_of_its_size(
     tiny_models, tmp_path
 ) -> None:
