@@ -2,7 +2,8 @@
 input and output, int8 builtin ops only: what a Coral Edge TPU and XNNPACK want).
 
 The batch is fixed to 1 (a dynamic batch loses XNNPACK's fast path), and the input takes raw
-0-255 pixels: the model's own Rescaling folds into the int8 input quantization.
+0-255 pixels: a model's own Rescaling by a scale alone folds into its first convolution (the
+classifier's); one with an offset stays as a MUL and an ADD (the detector's and the verifier's).
 """
 
 from __future__ import annotations

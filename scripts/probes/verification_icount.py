@@ -1,12 +1,12 @@
 """Where a 1280x720 frame's verification goes, in arm64 instructions under the Pi userland: the
 parts of `Detector.finish` and of decoding for the verifier, counted one by one on a detector's
-whole-frame twin (docs/verifier.md, "A cheaper verifier").
+whole-frame twin (docs/verifier.md, "A cheaper verifier"), and the sky pass's own parts.
 
     PYTHONPATH=. python scripts/probes/verification_icount.py [MODELS_DIR] [FRAME]
 
 MODELS_DIR holds galaxy_detector_int8.tflite whose card names a verifier and a twin for the frame's
 size (default models/). Each part runs once untimed, then twice more: (count with 2 - count with 0) / 2.
-The script runs itself inside the userland (`--part PART`); about 3 minutes here.
+The script runs itself inside the userland (`--part PART`); about 6 minutes here.
 """
 
 from __future__ import annotations
@@ -28,6 +28,14 @@ PARTS = (
     "patches",
     "verifier_invokes",
     "concentrations",
+    # The sky pass's own parts (edge.proposals.sky_sources), as it runs them:
+    "sky_gray",  # the frame to float gray
+    "sky_background",  # the mesh's medians and their interpolation, subtracted
+    "sky_blur",  # the matched filter
+    "sky_noise",  # the filtered frame's robust sigma, on a sample
+    "sky_regions",  # the low threshold and connected components with their stats
+    "sky_peaks",  # which regions peak above the high threshold
+    "sky_psf",  # the PSF width from the bright regions (edge.psf.psf_stars)
 )
 
 
@@ -37,6 +45,8 @@ def run_part(models: Path, frame_path: str, part: str, count: int) -> None:
     import numpy as np
 
     from edge.models import Detector, _voted_boxes, candidate_patches, candidate_priors, decode_center_deltas
+    from edge.proposals import SAMPLE_STEP, sky_background
+    from edge.psf import psf_stars
     from edge.tiling import detect_overview, merge_tiles, replaced_by_overview
 
     cv2.setNumThreads(0)
@@ -73,6 +83,14 @@ def run_part(models: Path, frame_path: str, part: str, count: int) -> None:
     xywh = np.column_stack([raw[:, :2], raw[:, 2:] - raw[:, :2]])
     kept = np.asarray(cv2.dnn.NMSBoxes(xywh.tolist(), raw_scores.tolist(), 0.0, 0.4), np.int64).reshape(-1)
     print(f"{len(above)} anchors at 0.20, {len(kept)} kept; {len(chosen)} verified", file=sys.stderr)
+    settings, measurement = verifier.sky_proposals, verifier.psf_calibration.measurement
+    gray = cv2.cvtColor(frame.astype(np.float32), cv2.COLOR_BGR2GRAY)
+    residual = gray - sky_background(gray, settings.background_mesh)
+    filtered = cv2.GaussianBlur(residual, (0, 0), settings.smoothing_sigma)
+    sample = filtered[::SAMPLE_STEP, ::SAMPLE_STEP]
+    noise = 1.4826 * float(np.median(np.abs(sample - np.median(sample))))
+    regions = (filtered > settings.low_sigma * noise).astype(np.uint8)
+    regions_count, labels, stats, _ = cv2.connectedComponentsWithStats(regions, connectivity=8)
     for _ in range(count):
         if part == "decode_0.20":
             detector._decode_ssd(outputs, twin)
@@ -92,6 +110,23 @@ def run_part(models: Path, frame_path: str, part: str, count: int) -> None:
             verifier.logits(patches, priors)
         elif part == "concentrations":
             sky.concentrations(boxes, verifier.psf_calibration.concentration)
+        elif part == "sky_gray":
+            cv2.cvtColor(frame.astype(np.float32), cv2.COLOR_BGR2GRAY)
+        elif part == "sky_background":
+            gray - sky_background(gray, settings.background_mesh)
+        elif part == "sky_blur":
+            cv2.GaussianBlur(residual, (0, 0), settings.smoothing_sigma)
+        elif part == "sky_noise":
+            sample = filtered[::SAMPLE_STEP, ::SAMPLE_STEP]
+            float(np.median(np.abs(sample - np.median(sample))))
+        elif part == "sky_regions":
+            above_low = (filtered > settings.low_sigma * noise).astype(np.uint8)
+            cv2.connectedComponentsWithStats(above_low, connectivity=8)
+        elif part == "sky_peaks":
+            peaked = np.zeros(regions_count, bool)
+            peaked[labels[filtered > settings.high_sigma * noise]] = True
+        elif part == "sky_psf":
+            psf_stars(gray, residual, labels, stats, noise, measurement)
 
 
 def count(models: Path, frame: str, part: str, runs: int) -> int:
