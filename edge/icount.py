@@ -87,7 +87,9 @@ def _probe(argv: list[str]) -> None:
         chain = Chain(detector, classifier, ChainSettings(reclassify_every=1))
         # The detector networks' invokes, counted on the warm-up frame (the same frame as the counted
         # ones): the overview pass beside a twin may be gated by the twin's candidates (its card's
-        # overview_gate_side), so whether it ran is read, not assumed.
+        # overview_gate_side), so whether it ran is read, not assumed. (Without the verifier the twin
+        # decodes fewer candidates, so its gate can only close more often: a frame whose gate opens
+        # only with the verifier puts the overview's cost in the breakdown's verification.)
         networks = [detector, *detector.frame_models.values()]
         invoked = _count_invokes(networks)
         result = chain.process(Frame(0, image, "icount", 0.0))
@@ -118,9 +120,9 @@ def _count_invokes(models: list) -> dict[int, int]:
     counts = dict.fromkeys(range(len(models)), 0)
     for index, model in enumerate(models):
 
-        def counted(*args, index=index, original=model.invoke):
+        def counted(*args, index=index, original=model.invoke, **kwargs):
             counts[index] += 1
-            return original(*args)
+            return original(*args, **kwargs)
 
         model.invoke = counted
     return counts

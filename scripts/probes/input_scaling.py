@@ -113,14 +113,21 @@ def folded_twin_difference() -> tuple[float, float]:
     return float(difference.max()), float(np.percentile(difference, 99.9))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def probe_folder(description: str) -> tuple[Path, Path]:
+    """The command line's OUT folder, made, and the invoking script written into it (for
+    instructions_per_invoke)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("out", type=Path)
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    script = args.out / "invoke.py"
+    out = parser.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
+    script = out / "invoke.py"
     script.write_text(INVOKE)
-    for kind, path in stems(args.out).items():
+    return out, script
+
+
+def main() -> None:
+    out, script = probe_folder(__doc__.split("\n\n")[0])
+    for kind, path in stems(out).items():
         print(f"stem {kind}: {instructions_per_invoke(path, script) / 1e6:.1f} M per invoke", flush=True)
     largest, tail = folded_twin_difference()
     print(f"folded float twin, largest output difference {largest:.2f}, 99.9th percentile {tail:.2f}")
