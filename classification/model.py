@@ -18,9 +18,11 @@ class CNNConfig:
     dense_units: int = 64  # 0: global average pooling straight into the classifier
     dropout: float = 0.3
     learning_rate: float = 2e-3
-    # The first convolution's step in pixels: 2 puts every later layer on a quarter of the pixels (3.2 M
-    # arm64 instructions a crop with a 3x3 first kernel, against 14.3 M; docs/classifier.md).
+    # The first convolution's step in pixels, and whether the first block pools: a stride of 2 in place of
+    # the pooling keeps the later layers' sizes (10.2 M arm64 instructions a crop against 14.3 M), with
+    # the pooling too they see a quarter of the pixels (3.2 M with a 3x3 first kernel; docs/classifier.md).
     first_stride: int = 1
+    first_pool: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +57,7 @@ def build_cnn(config: CNNConfig):
         # initial 1.0 for hundreds of steps and inference sees squashed activations.
         x = layers.BatchNormalization(momentum=0.9, name=f"bn{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
-        if i < len(config.filters) - 1:
+        if i < len(config.filters) - 1 and (i > 0 or config.first_pool):
             x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(config.dropout, name="dropout")(x)

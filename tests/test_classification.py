@@ -134,13 +134,18 @@ def test_parameter_count_and_budget() -> None:
 
 def test_a_first_stride_of_two_puts_the_later_layers_on_a_quarter_of_the_pixels() -> None:
     """CNNConfig.first_stride: the same weights (so the same parameter budget), every layer after the first
-    convolution at half the resolution each way; other strides are refused."""
+    convolution at half the resolution each way, or, without the first pooling (first_pool), the stride in
+    its place; other strides are refused."""
     config = CNNConfig(filters=[8, 16], kernel_sizes=[3, 3], dense_units=0, input_size=32)
     plain, strided = build_cnn(config), build_cnn(CNNConfig(**{**config.to_dict(), "first_stride": 2}))
     assert plain.count_params() == strided.count_params() == count_parameters(config)
     assert plain.get_layer("conv1").output.shape[1:3] == (16, 16)
     assert strided.get_layer("conv1").output.shape[1:3] == (8, 8)
     assert CNNConfig.from_dict({**config.to_dict(), "first_stride": 2}).first_stride == 2  # a classifier.json
+    in_place = build_cnn(CNNConfig(**{**config.to_dict(), "first_stride": 2, "first_pool": False}))
+    assert in_place.get_layer("conv1").output.shape[1:3] == (16, 16) and "pool0" not in [
+        layer.name for layer in in_place.layers
+    ]
     with pytest.raises(ValueError, match="first_stride must be 1 or 2"):
         build_cnn(CNNConfig(**{**config.to_dict(), "first_stride": 3}))
 

@@ -1,6 +1,7 @@
 """arm64 instructions per crop of cheaper shapes of the Galaxy10 classifier (untrained: the count does
 not depend on the weights), under the Pi userland: the shipped shape (classification.model.build_cnn:
-four convolutions of 24, 48, 64 and 96 filters, 2x2 pooling between) and variants of its first block.
+four convolutions of 24, 48, 64 and 96 filters, 2x2 pooling between) and variants of its first block
+(CNNConfig's first kernel, first_stride and first_pool).
 
     PYTHONPATH=. python scripts/probes/classifier_variants_icount.py OUT
 
@@ -25,25 +26,10 @@ VARIANTS = {
 
 
 def build(first_kernel: int, first_stride: int, first_pool: bool):
-    import keras
-    from keras import layers
+    from classification.model import CNNConfig, build_cnn
 
-    from classification.model import INPUT_SCALE, CNNConfig
-
-    config = CNNConfig()
-    image = keras.Input((config.input_size, config.input_size, 3))
-    x = layers.Rescaling(INPUT_SCALE)(image)
-    kernels = [first_kernel, *config.kernel_sizes[1:]]
-    for i, (filters, kernel) in enumerate(zip(config.filters, kernels, strict=True)):
-        stride = first_stride if i == 0 else 1
-        x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.ReLU()(x)
-        if i < len(config.filters) - 1 and (i > 0 or first_pool):
-            x = layers.MaxPooling2D(2)(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    x = layers.Dense(config.dense_units, activation="relu")(x)
-    return keras.Model(image, layers.Softmax()(layers.Dense(config.num_classes)(x)))
+    kernels = [first_kernel, *CNNConfig().kernel_sizes[1:]]
+    return build_cnn(CNNConfig(kernel_sizes=kernels, first_stride=first_stride, first_pool=first_pool))
 
 
 def main() -> None:
