@@ -286,8 +286,10 @@ def _finish_with_overview(
     """The native looks' parts (tiles, or a twin's one look) merged with the overview pass's boxes of
     at least min_side, which first replace the parts' boxes of that size they cover when asked. With
     gate_side, the overview runs only when the parts hold a candidate box at least that large: it
-    keeps only large boxes, and a native look that sees galaxies whole up to about min_side proposes
-    some large box wherever such a galaxy is. A frame of small galaxies skips its invokes."""
+    keeps only large boxes, and a native look that sees galaxies whole up to about min_side nearly
+    always proposes some large box where such a galaxy is (on 1,000 judging frames the gate closed on 3
+    whose overview kept a box, with the same confident detections). A frame of small galaxies skips
+    its invokes."""
     if gate_side is not None and max(map(_longest_side, (found for found, _ in parts))) < gate_side:
         return detector.finish(frame_bgr, merge_tiles(parts, detector.iou_threshold, detector.containment))
     overview, cut = detect_overview(detector, frame_bgr, min_side, shrink)
