@@ -204,19 +204,17 @@ def read_model_card(model_path: Path | str) -> ModelCard:
             )
             if decoding.type == "ssd" and not decoding.anchors_center_yxhw:
                 raise KeyError("decoding.anchor_grid")
-            overview = decoding.overview_min_side
-            if overview is not None and (isinstance(overview, bool) or float(overview) <= 0):
-                raise ValueError(f"decoding.overview_min_side must be a size in pixels, not {overview!r}")
+            for name in ("overview_min_side", "overview_gate_side"):
+                size = getattr(decoding, name)
+                numeric = isinstance(size, int | float) and not isinstance(size, bool)
+                if size is not None and (not numeric or size <= 0):
+                    raise ValueError(f"decoding.{name} must be a size in pixels, not {size!r}")
             low = decoding.candidate_threshold
             if low is not None and (isinstance(low, bool) or not 0 < float(low) < 1):
                 raise ValueError(f"decoding.candidate_threshold must be a score between 0 and 1, not {low!r}")
             shrink = decoding.overview_shrink
             if shrink is not None and (not isinstance(shrink, int) or isinstance(shrink, bool) or shrink < 2):
                 raise ValueError(f"decoding.overview_shrink must be a whole number from 2, not {shrink!r}")
-            gate = decoding.overview_gate_side
-            numeric = isinstance(gate, int | float) and not isinstance(gate, bool)
-            if gate is not None and (not numeric or gate <= 0):
-                raise ValueError(f"decoding.overview_gate_side must be a size in pixels, not {gate!r}")
             if decoding.overview_fit not in OVERVIEW_FITS:
                 fits = " or ".join(OVERVIEW_FITS)
                 raise ValueError(f"decoding.overview_fit must be {fits}, not {decoding.overview_fit!r}")

@@ -18,7 +18,7 @@ from edge.model_card import ModelCard, read_model_card
 from edge.proposals import SkyProposalSettings, SkySources, proposals_beside, sky_sources
 from edge.psf import PsfCalibration
 from edge.resize import area_shrink
-from edge.tracking import intersection_over_smaller
+from edge.tracking import intersection_over_smaller, longer_sides
 
 
 def resize_like_runtime(image: np.ndarray, width: int, height: int, exact_shrink: bool) -> np.ndarray:
@@ -688,8 +688,7 @@ class Verifier(PatchModel):
         calibration and a sky pass (Verifier.sky) that measured the PSF's width, its re-scoring of the
         verifier's logit (edge.psf), with the candidates' concentrations over the frame's stars' there
         when the card asks (and only on frames whose stars' lie in the card's fitted range)."""
-        sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
-        chosen = np.flatnonzero(sides < self.max_side)
+        chosen = np.flatnonzero(longer_sides(found.boxes) < self.max_side)
         chosen = chosen[np.argsort(-found.scores[chosen], kind="stable")[: self.max_candidates]]
         if not len(chosen):
             return found
@@ -730,8 +729,7 @@ class BoxRefiner(PatchModel):
         """The boxes (N, 4 frame pixels) refined where their longer side is under max_side, given the
         detector's own scores for them (before any verification)."""
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
-        sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        chosen = np.flatnonzero(sides < self.max_side)
+        chosen = np.flatnonzero(longer_sides(boxes) < self.max_side)
         if not len(chosen):
             return boxes
         patches = candidate_patches(frame_bgr, boxes[chosen], self.patch, self.context)

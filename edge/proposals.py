@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from edge.psf import ConcentrationMeasurement, PsfMeasurement, psf_stars, source_concentration
-from edge.tracking import iou_matrix
+from edge.tracking import iou_matrix, longer_sides
 
 # Every so many pixels each way of a mesh cell (and of the frame, for the noise) enter the medians, a
 # sixteenth of the sorting. Against every pixel, on the 40 held-out simulated frames, the number of
@@ -154,7 +154,7 @@ def proposals_beside(
     source boxes (sky_sources): those under max_side that overlap no candidate at IoU `overlap` or more
     (the candidate is that source, and no later NMS has to choose between them), the largest
     max_proposals."""
-    boxes = sources[np.maximum(sources[:, 2] - sources[:, 0], sources[:, 3] - sources[:, 1]) < max_side]
+    boxes = sources[longer_sides(sources) < max_side]
     if len(candidates) and len(boxes):
         boxes = boxes[iou_matrix(boxes, np.asarray(candidates, np.float32)).max(axis=1) < overlap]
     return boxes[: settings.max_proposals]

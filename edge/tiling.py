@@ -8,7 +8,7 @@ import numpy as np
 
 from edge.models import Detections, Detector, non_max_suppression, resize_like_runtime
 from edge.proposals import SkySources
-from edge.tracking import intersection_over_smaller
+from edge.tracking import intersection_over_smaller, longer_sides
 
 EDGE_MARGIN = 2.0  # pixels: a box this close to an inner tile border was cut by it
 # A cut box that overlaps an uncut box of the same class by this much (intersection over the smaller
@@ -201,8 +201,7 @@ def detect_overview(
     found.boxes /= scale
     found.boxes[:, [0, 2]] = found.boxes[:, [0, 2]].clip(0, width)
     found.boxes[:, [1, 3]] = found.boxes[:, [1, 3]].clip(0, height)
-    sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
-    large = np.flatnonzero(sides >= (min_side or detector.overview_min_side))
+    large = np.flatnonzero(longer_sides(found.boxes) >= (min_side or detector.overview_min_side))
     return found.select(large), cut[large]
 
 
@@ -219,10 +218,8 @@ def replaced_by_overview(
     kept = []
     for found, cut in parts:
         if len(found):
-            boxes = found.boxes
-            sides = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-            covered = intersection_over_smaller(boxes, overview.boxes).max(axis=1) >= CUT_PIECE_COVERED
-            keep = np.flatnonzero((sides < min_side) | ~covered | cut)
+            covered = intersection_over_smaller(found.boxes, overview.boxes).max(axis=1) >= CUT_PIECE_COVERED
+            keep = np.flatnonzero((longer_sides(found.boxes) < min_side) | ~covered | cut)
             found, cut = found.select(keep), cut[keep]
         kept.append((found, cut))
     return kept
@@ -290,19 +287,13 @@ def _finish_with_overview(
     always proposes some large box where such a galaxy is (on 1,000 judging frames the gate closed on 3
     whose overview kept a box, with the same confident detections). A frame of small galaxies skips
     its invokes."""
-    if gate_side is not None and max(map(_longest_side, (found for found, _ in parts))) < gate_side:
+    if gate_side is not None and all((longer_sides(found.boxes) < gate_side).all() for found, _ in parts):
         return detector.finish(frame_bgr, merge_tiles(parts, detector.iou_threshold, detector.containment))
     overview, cut = detect_overview(detector, frame_bgr, min_side, shrink)
     if replaces:
         parts = replaced_by_overview(parts, overview, min_side)
     merged = merge_tiles([*parts, (overview, cut)], detector.iou_threshold, detector.containment)
     return detector.finish(frame_bgr, merged)
-
-
-def _longest_side(found: Detections) -> float:
-    """The longest side of found's boxes in pixels (0 without boxes)."""
-    sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
-    return float(sides.max(initial=0.0))
 
 
 class RollingTiles:

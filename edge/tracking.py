@@ -9,6 +9,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+def longer_sides(boxes: np.ndarray) -> np.ndarray:
+    """(N,) each box's longer side, boxes (N, 4) [x1, y1, x2, y2]."""
+    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+
+
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """(len(a), len(b)) IoU of x1, y1, x2, y2 boxes."""
     ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)

@@ -17,13 +17,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from edge.models import Detections, Detector
+from edge.models import Detector
 from edge.tiling import detect_overview, detect_whole
-
-
-def longest_side(found: Detections) -> float:
-    sides = np.maximum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
-    return float(sides.max(initial=0.0))
+from edge.tracking import longer_sides
 
 
 def main() -> None:
@@ -42,7 +38,7 @@ def main() -> None:
     for path in files:
         frame = cv2.imread(str(path))
         twin = detector.frame_models[frame.shape[:2]]
-        largest.append(longest_side(detector.detect_image(frame)))
+        largest.append(float(longer_sides(detector.detect_image(frame).boxes).max(initial=0.0)))
         overview, _ = detect_overview(detector, frame, twin.overview_min_side, twin.overview_shrink)
         kept.append(len(overview) > 0)
         twin.overview_gate_side = None
